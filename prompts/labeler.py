@@ -1,0 +1,441 @@
+"""Rule-based findings labeler: report text -> coded Findings, deterministic and offline.
+
+The steps, in order:
+
+1. Sections: text under INDICATION / HISTORY / COMPARISON / TECHNIQUE / RECOMMENDATION headers
+   is skipped (an indication "rule out pneumothorax" is not a finding); FINDINGS, IMPRESSION,
+   and text before any header are read.
+2. Sentences: split on sentence punctuation (not decimals or "vs."), blank lines and list items;
+   single line breaks inside a sentence (hard-wrapped reports) do not split.
+3. Mentions: each finding's patterns (prompts/lexicon/findings.json). Fixed-presence patterns
+   ("heart size is normal", "no acute cardiopulmonary process") win over plain mentions of the
+   same words.
+4. Cues (prompts/lexicon/cues.json), NegEx-style: the nearest cue before a mention in its clause
+   (negation, uncertainty, resolution), or a cue right after it ("... cannot be excluded",
+   "... has resolved"). Negation reaches across a list ("no consolidation, effusion, or
+   pneumothorax") but not past a verb or a clause word ("no effusion, but there is ...").
+   Two findings joined by "or"/"versus" are both uncertain.
+5. Combine per finding: present beats uncertain beats absent; the evidence is the sentence the
+   winning mention is in, with its character span in the input text.
+
+The lexicons are this project's own lists; the CheXpert labeler's phrase lists served only as a
+coverage reference.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from prompts.findings import FINDING_NAMES, Finding, Findings
+
+_RANK = {"present": 3, "uncertain": 2, "absent": 1, "not_mentioned": 0}
+_NO_LATERALITY = frozenset({"cardiomegaly", "no_acute_finding"})
+_WORD = r"[A-Za-z0-9]"
+
+# Section headers: a known name at a line start (or after a full stop) followed by a colon.
+_SECTION = re.compile(
+    r"(?:^|(?<=\n)|(?<=\.\s)|(?<=\.))[ \t]*(?P<name>final report|findings?|impressions?|conclusions?|"
+    r"summary|report|clinical (?:history|indication|information|details|notes?)|indications?|history|"
+    r"reason for (?:exam(?:ination)?|study|request)|comparisons?|technique|exam(?:ination)?|"
+    r"procedure|recommendations?|notifications?|addendum)[ \t]*:",
+    re.IGNORECASE)
+_SKIPPED_SECTIONS = ("clinical", "indication", "history", "reason", "comparison", "technique", "exam",
+                     "procedure", "recommendation", "notification")
+
+_ABBREVIATIONS = ("vs", "e.g", "i.e", "dr", "mr", "mrs", "ms", "approx", "fig", "resp", "st")
+# A sentence ends at . ! ? followed by whitespace, at a blank line, or before a list item.
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s)|\n[ \t]*\n|\n(?=[ \t]*(?:[-*\u2022]|\d{1,2}[.)])[ \t])")
+
+
+@dataclass(frozen=True)
+class _Mention:
+    finding: str
+    start: int            # offsets into the sentence
+    end: int
+    fixed: str | None     # a fixed presence, else decided by cues
+
+
+@dataclass(frozen=True)
+class _Cue:
+    kind: str             # "negation" | "uncertain" | "resolution"
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _Decision:
+    presence: str
+    sentence: tuple[int, int]        # span of the evidence sentence in the input text
+    order: int                        # position of the mention in the text, for ties
+    laterality: str | None
+    severity: str | None
+
+
+def _compile(patterns, flags=re.IGNORECASE) -> re.Pattern:
+    """One alternation of lexicon patterns; a space matches any whitespace (reports wrap lines).
+
+    Word patterns get word boundaries at both ends ("no" must not match "nodule"); punctuation
+    patterns such as "[;:]" are used as they are.
+    """
+    parts = []
+    for p in sorted(patterns, key=len, reverse=True):   # longest first: "no evidence of" before "no"
+        body = p.replace(" ", r"\s+")
+        if p[:1].isalnum() or p.startswith("(?:"):
+            body = rf"(?<!{_WORD})(?:{body})(?!{_WORD})"
+        parts.append(f"(?:{body})")
+    return re.compile("|".join(parts), flags)
+
+
+@dataclass(frozen=True)
+class _Lexicon:
+    mentions: dict[str, dict[str, re.Pattern]]       # finding -> {"mention"|"absent"|...: pattern}
+    exclude_before: dict[str, re.Pattern]
+    exclude_after: dict[str, re.Pattern]
+    cues: dict[str, re.Pattern]
+    severity: dict[str, str]
+    severity_re: re.Pattern
+    laterality: dict[str, str]
+    laterality_re: re.Pattern
+
+
+@cache
+def _lexicon() -> _Lexicon:
+    """Load and compile prompts/lexicon/*.json once per process."""
+    folder = resources.files("prompts") / "lexicon"
+    findings = json.loads((folder / "findings.json").read_text(encoding="utf-8"))
+    cues = json.loads((folder / "cues.json").read_text(encoding="utf-8"))
+    mentions, before, after = {}, {}, {}
+    for name in FINDING_NAMES:
+        spec = findings.get(name, {})
+        mentions[name] = {kind: _compile(spec[kind]) for kind in ("present", "absent", "uncertain", "mention")
+                          if spec.get(kind)}
+        if spec.get("exclude_before"):
+            before[name] = re.compile("|".join(p.replace(" ", r"\s+") for p in spec["exclude_before"]),
+                                      re.IGNORECASE)
+        if spec.get("exclude_after"):
+            after[name] = re.compile("|".join(p.replace(" ", r"\s+") for p in spec["exclude_after"]),
+                                     re.IGNORECASE)
+    cue_kinds = ("negation_pre", "negation_post", "resolution_pre", "resolution_post", "uncertain_pre",
+                 "uncertain_post", "pseudo", "terminators", "relative", "scope_breakers", "linking")
+    compiled = {kind: _compile(cues[kind]) for kind in cue_kinds}
+    sev = {k.lower(): v for k, v in cues["severity"].items()}
+    lat = {k.lower(): v for k, v in cues["laterality"].items()}
+    return _Lexicon(mentions, before, after, compiled, sev, _compile(list(sev)), lat, _compile(list(lat)))
+
+
+# ---------------------------------------------------------------- sections and sentences
+
+def _regions(text: str) -> list[tuple[int, int]]:
+    """Character ranges of the text to read: everything except skipped sections."""
+    headers = list(_SECTION.finditer(text))
+    if not headers:
+        return [(0, len(text))]
+    regions = [(0, headers[0].start())]
+    for i, h in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        if not h["name"].lower().startswith(_SKIPPED_SECTIONS):
+            regions.append((h.end(), end))
+    return [r for r in regions if r[1] > r[0]]
+
+
+def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Sentence spans in text[start:end], stripped of surrounding whitespace."""
+    spans, cut = [], start
+    for m in _SENTENCE_END.finditer(text, start, end):
+        if m.group().startswith("."):
+            word = re.search(r"([A-Za-z.]+)$", text[cut:m.start()])
+            if word and word.group(1).lower().rstrip(".") in _ABBREVIATIONS:
+                continue
+        spans.append((cut, m.end()))
+        cut = m.end()
+    spans.append((cut, end))
+    out = []
+    for a, b in spans:
+        piece = text[a:b]
+        lead = len(piece) - len(piece.lstrip())
+        trail = len(piece) - len(piece.rstrip())
+        if b - trail > a + lead:
+            out.append((a + lead, b - trail))
+    return out
+
+
+# ---------------------------------------------------------------- one sentence
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def _find_mentions(s: str, lex: _Lexicon) -> list[_Mention]:
+    found: list[_Mention] = []
+    for name in FINDING_NAMES:
+        pats = lex.mentions[name]
+        taken: list[tuple[int, int]] = []
+        for kind in ("present", "absent", "uncertain", "mention"):
+            if kind not in pats:
+                continue
+            for m in pats[kind].finditer(s):
+                span = (m.start(), m.end())
+                if any(_overlaps(span, t) for t in taken):
+                    continue
+                if name in lex.exclude_before and lex.exclude_before[name].search(s[max(0, m.start() - 40):m.start()]):
+                    continue
+                if name in lex.exclude_after and lex.exclude_after[name].match(s[m.end():m.end() + 40]):
+                    continue
+                taken.append(span)
+                found.append(_Mention(name, m.start(), m.end(), None if kind == "mention" else kind))
+    return sorted(found, key=lambda x: (x.start, x.end))
+
+
+def _find_cues(s: str, lex: _Lexicon) -> tuple[list[_Cue], list[_Cue]]:
+    """Pre and post cues in a sentence, with pseudo-cues and negations inside uncertainty removed."""
+    c = lex.cues
+    masked = [(m.start(), m.end()) for m in c["pseudo"].finditer(s)]
+    unc_pre = [(m.start(), m.end()) for m in c["uncertain_pre"].finditer(s)]
+    unc_post = [(m.start(), m.end()) for m in c["uncertain_post"].finditer(s)]
+    shield = masked + unc_pre + unc_post      # "cannot be excluded" is not a negation
+
+    def keep(spans, kind, blockers):
+        return [_Cue(kind, a, b) for a, b in spans if not any(_overlaps((a, b), x) for x in blockers)]
+
+    def spans(kind):
+        return [(m.start(), m.end()) for m in c[kind].finditer(s)]
+
+    pre = (keep(unc_pre, "uncertain", masked)
+           + keep(spans("resolution_pre"), "resolution", masked + unc_pre)
+           + keep(spans("negation_pre"), "negation", shield + spans("resolution_pre")))
+    post = (keep(unc_post, "uncertain", masked)
+            + keep(spans("resolution_post"), "resolution", masked + unc_post)
+            + keep(spans("negation_post"), "negation", shield + spans("resolution_post")))
+    return pre, post
+
+
+def _boundaries(s: str, lex: _Lexicon, kinds: tuple[str, ...]) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for k in kinds for m in lex.cues[k].finditer(s)]
+
+
+def _classify(s: str, mention: _Mention, mentions: list[_Mention], pre: list[_Cue], post: list[_Cue],
+              lex: _Lexicon) -> str:
+    if mention.fixed:
+        return mention.fixed
+    # ---- the nearest cue before the mention (or inside it: "heart is not enlarged")
+    hard = _boundaries(s, lex, ("terminators",))
+    soft = _boundaries(s, lex, ("relative",))
+    breakers = _boundaries(s, lex, ("scope_breakers",))
+    best: _Cue | None = None
+    for cue in pre:
+        if cue.end > mention.end:
+            continue
+        gap = (cue.end, mention.start)
+        if any(gap[0] <= b[0] and b[1] <= gap[1] for b in hard + soft):
+            continue
+        if cue.kind == "negation" and any(gap[0] <= b[0] and b[1] <= gap[1] for b in breakers):
+            continue
+        # another fixed statement in between ("no acute process; heart ...") closes the scope too
+        if any(gap[0] <= m.start and m.end <= gap[1] and m.fixed for m in mentions):
+            continue
+        if best is None or cue.end > best.end:
+            best = cue
+    # ---- a cue just after the mention ("... has resolved", "... cannot be excluded")
+    after: _Cue | None = None
+    for cue in sorted(post, key=lambda c: c.start):
+        if cue.start < mention.end:
+            continue
+        gap = (mention.end, cue.start)
+        if any(gap[0] <= b[0] and b[1] <= gap[1] for b in hard):
+            break
+        if _post_reaches(s, gap, mentions):
+            after = cue
+        break
+    if after is not None and after.kind == "uncertain":
+        return "uncertain"
+    if after is not None:
+        return "absent"
+    # "no focal opacity concerning for pneumonia": a negation before a linking cue negates what
+    # the link points at too
+    links = [(m.start(), m.end()) for m in lex.cues["linking"].finditer(s, 0, mention.start)]
+    for a, b in links:
+        if (best is not None and best.end > b) or any(b <= x[0] and x[1] <= mention.start for x in hard + soft):
+            continue
+        for cue in pre:
+            gap = (cue.end, a)
+            if (cue.kind == "negation" and cue.end <= a
+                    and not any(gap[0] <= x[0] and x[1] <= gap[1] for x in hard + soft + breakers)
+                    and (best is None or best.kind == "uncertain" or best.end <= cue.end)):
+                return "absent"
+    if best is None:
+        return "present"
+    return {"negation": "absent", "resolution": "absent", "uncertain": "uncertain"}[best.kind]
+
+
+_FILLER = re.compile(r"(?<![A-Za-z])(?:or|and|nor|and/or|the|a|an|any|of|is|are|was|were|has|have|had|been|"
+                     r"previously|seen|noted|described|now|also|again|small|large|tiny|trace|mild|moderate|"
+                     r"left|right|bilateral|apical|basilar|lower|upper|middle|lobe|lung|base|bases|"
+                     r"on|in|at|to|from|prior|previous|earlier|known)(?![A-Za-z])", re.IGNORECASE)
+
+
+def _post_reaches(s: str, gap: tuple[int, int], mentions: list[_Mention]) -> bool:
+    """Whether a cue after `gap` still speaks about the mention before it."""
+    text = list(s[gap[0]:gap[1]])
+    for m in mentions:              # other findings in a list before the cue: "effusion or atelectasis"
+        if gap[0] <= m.start and m.end <= gap[1]:
+            for i in range(m.start - gap[0], m.end - gap[0]):
+                text[i] = " "
+    rest = _FILLER.sub(" ", "".join(text))
+    words = re.findall(r"[A-Za-z0-9]+", rest)
+    if "," in rest:
+        return len(words) == 0
+    return len(words) <= 3
+
+
+_ALTERNATIVE_AFTER = re.compile(r"\s*,?\s*(?:or|versus|vs\.?|and/or)\s+(?!no\b|not\b|without\b)[A-Za-z]",
+                                re.IGNORECASE)
+_ALTERNATIVE_BEFORE = re.compile(r"(?:^|[^A-Za-z])(?:or|versus|vs\.?|and/or)\s+(?:[A-Za-z-]+\s+){0,3}$", re.IGNORECASE)
+
+
+def _alternatives(s: str, mentions: list[_Mention]) -> set[int]:
+    """Indices of mentions offered as one of alternatives ("atelectasis or pneumonia",
+    "edema versus infection", "effusion or pleural thickening"): not more than uncertain.
+
+    Only ever turns "present" into "uncertain": in "no effusion or pneumothorax" the negation
+    has already decided.
+    """
+    hits: set[int] = set()
+    for i, m in enumerate(mentions):
+        if m.fixed:
+            continue
+        prev_end = max([x.end for x in mentions if x.end <= m.start] + [0])
+        if _ALTERNATIVE_AFTER.match(s, m.end) or _ALTERNATIVE_BEFORE.search(s[prev_end:m.start]):
+            hits.add(i)
+    return hits
+
+
+_CHANGE_AFTER = re.compile(r"\s+(?:improved|improving|increased|increasing|decreased|decreasing|worsened|"
+                           r"worsening|changed|smaller|larger|better|worse)", re.IGNORECASE)
+
+
+def _severity_word(s: str, m: re.Match, lex: _Lexicon) -> str | None:
+    if _CHANGE_AFTER.match(s, m.end()):
+        return None          # "markedly improved edema" says how it changed, not how severe it is
+    return lex.severity[re.sub(r"\s+", " ", m.group().lower())]
+
+
+def _severity(s: str, mention: _Mention, window_start: int, lex: _Lexicon) -> str | None:
+    candidates = list(lex.severity_re.finditer(s, mention.start, mention.end))[::-1]
+    candidates += list(lex.severity_re.finditer(s, max(window_start, mention.start - 40), mention.start))[::-1]
+    for m in candidates:
+        word = _severity_word(s, m, lex)
+        if word:
+            return word
+    # "the effusion is small", "effusion, now moderate in size"
+    m = re.match(r"\s*,?\s*(?:(?:is|are|remains?|appears?|now|still|again)\s+){0,3}", s[mention.end:],
+                 re.IGNORECASE)
+    sev = lex.severity_re.match(s, mention.end + m.end())
+    return _severity_word(s, sev, lex) if sev else None
+
+
+def _laterality(s: str, mention: _Mention, window: tuple[int, int], lex: _Lexicon) -> str | None:
+    if mention.finding in _NO_LATERALITY:
+        return None
+    sides: list[str] = []
+    # the side words in this mention's own phrase: after the last comma or "with" before it
+    # ("atelectasis, left greater than right, and a small right effusion" -> right)
+    start = max(window[0], mention.start - 50)
+    cuts = list(re.finditer(r"[,;]|(?<![A-Za-z])with(?![A-Za-z])", s[start:mention.start], re.IGNORECASE))
+    if cuts:
+        start += cuts[-1].end()
+    for m in lex.laterality_re.finditer(s, start, mention.end):
+        sides.append(lex.laterality[re.sub(r"\s+", " ", m.group().lower())])
+    if not sides:
+        # "effusion on the left", "nodule is suspected in the right mid lung"; stop where another
+        # phrase begins ("effusion with right lower lobe atelectasis")
+        after = re.split(r"(?<![A-Za-z])(?:with|and|but|plus)(?![A-Za-z])|[,;]", s[mention.end:window[1]],
+                         maxsplit=1, flags=re.IGNORECASE)[0]
+        words = re.findall(r"\S+", after)[:7]
+        side = lex.laterality_re.search(" ".join(words))
+        if side:
+            sides.append(lex.laterality[re.sub(r"\s+", " ", side.group().lower())])
+    if not sides:
+        return None
+    if "bilateral" in sides or ("left" in sides and "right" in sides):
+        return "bilateral"
+    return sides[-1]
+
+
+def _read_sentence(text: str, a: int, b: int, lex: _Lexicon, order0: int):
+    s = text[a:b]
+    mentions = _find_mentions(s, lex)
+    if not mentions:
+        return []
+    pre, post = _find_cues(s, lex)
+    alternatives = _alternatives(s, mentions)
+    hard = _boundaries(s, lex, ("terminators", "relative"))
+    out = []
+    for i, m in enumerate(mentions):
+        presence = _classify(s, m, mentions, pre, post, lex)
+        if presence == "present" and (i in alternatives or s.rstrip().endswith("?")):
+            presence = "uncertain"      # "atelectasis or pneumonia", "new right effusion?"
+        lat = sev = None
+        if presence in ("present", "uncertain"):
+            prev_end = max([x.end for x in mentions if x.end <= m.start and x.finding != m.finding]
+                           + [b2 for _, b2 in hard if b2 <= m.start] + [0])
+            next_start = min([x.start for x in mentions if x.start >= m.end] + [len(s)])
+            sev = _severity(s, m, prev_end, lex)
+            lat = _laterality(s, m, (prev_end, next_start), lex)
+        out.append((m.finding, _Decision(presence, (a, b), order0 + m.start, lat, sev)))
+    return out
+
+
+# ---------------------------------------------------------------- combine
+
+def _combine(name: str, decisions: list[_Decision], text: str) -> Finding:
+    if not decisions:
+        return Finding(name)
+    top = max(_RANK[d.presence] for d in decisions)
+    winners = sorted((d for d in decisions if _RANK[d.presence] == top), key=lambda d: d.order)
+    first = winners[0]
+    sides = {d.laterality for d in winners if d.laterality}
+    if "bilateral" in sides or {"left", "right"} <= sides:
+        laterality = "bilateral"
+    else:
+        laterality = first.laterality or (sides.pop() if sides else None)
+    severity = first.severity or next((d.severity for d in winners if d.severity), None)
+    a, b = first.sentence
+    return Finding(name=name, presence=first.presence, evidence=text[a:b], span=(a, b),
+                   laterality=laterality, severity=severity)
+
+
+def extract_findings(text: str) -> Findings:
+    """Read coded findings out of a chest radiograph report.
+
+    Parameters
+    ----------
+    text : str
+        The report (free text; FINDINGS/IMPRESSION headers optional). Indication, history,
+        comparison and technique sections are not read.
+
+    Returns
+    -------
+    Findings
+        One Finding per name in FINDING_NAMES, in that order. For a mentioned finding:
+        presence ("present" beats "uncertain" beats "absent" across sentences), the sentence it
+        rests on as `evidence` with `text[span[0]:span[1]] == evidence`, and laterality and
+        severity when the report states them (present or uncertain findings only).
+
+    Raises
+    ------
+    TypeError
+        When `text` is not a str (e.g. bytes: decode it first).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"extract_findings needs the report as str, got {type(text).__name__}; "
+                        f"decode bytes first (e.g. data.decode('utf-8'))")
+    lex = _lexicon()
+    per: dict[str, list[_Decision]] = {name: [] for name in FINDING_NAMES}
+    for start, end in _regions(text):
+        for a, b in _sentences(text, start, end):
+            for name, decision in _read_sentence(text, a, b, lex, a):
+                per[name].append(decision)
+    return Findings(tuple(_combine(name, per[name], text) for name in FINDING_NAMES))
