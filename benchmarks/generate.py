@@ -1,0 +1,152 @@
+"""Generation benchmark through OUR path (model_runtime.load -> Engine.generate).
+
+Prints, for each precision/quantization: prefill ms, decode tokens/s, reports/s at batch 1 and batch N,
+peak memory, and on CUDA the batch-1 decode rate as a fraction of the memory-bandwidth limit
+(bandwidth / bytes of language-model weights read per token).
+
+    python benchmarks/generate.py                       # tiny random model made in a temp dir (CPU ok)
+    python benchmarks/generate.py --model DIR --batch 8 --new-tokens 128 --variants bfloat16/none,bfloat16/4bit
+
+Speed does not depend on weight values; EOS is ignored so every report has exactly --new-tokens tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model_runtime import GenerationRequest, GenerationSettings, ModelConfig, init_tiny, load  # noqa: E402
+from model_runtime.tiny import SYSTEM_PROMPT  # noqa: E402
+
+REPORT_USER = ("<image>\nWrite a radiologic report on the given chest radiograph, including information about "
+               "atelectasis, cardiomegaly, consolidation, pulmonary edema, pleural effusion, and pneumothorax.\n")
+# Published peak memory bandwidths (bytes/s) for the fraction-of-limit figure.
+BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "L40S": 0.864e12, "A10": 0.6e12}
+
+
+@dataclass(frozen=True)
+class ReportPrompt:
+    id: str = "report"
+    version: str = "v1"
+    system: str = SYSTEM_PROMPT
+    user: str = REPORT_USER
+
+
+@dataclass
+class Row:
+    variant: str
+    batch: int
+    prefill_ms: float
+    decode_tok_s: float        # per sequence
+    reports_s: float
+    peak_gb: float
+    bw_fraction: float | None = None
+
+    def line(self) -> str:
+        bw = f"{self.bw_fraction:.0%}" if self.bw_fraction is not None else "-"
+        return (f"| {self.variant:<28} | {self.batch:>5} | {self.prefill_ms:>10.1f} | {self.decode_tok_s:>10.1f} | "
+                f"{self.decode_tok_s * self.batch:>10.1f} | {self.reports_s:>9.2f} | {self.peak_gb:>7.2f} | {bw:>6} |")
+
+
+HEADER = ("| variant                      | batch | prefill ms | tok/s/seq  | tok/s all  | reports/s | peak GB | %BW    |\n"
+          "|------------------------------|-------|------------|------------|------------|-----------|---------|--------|")
+
+
+def images(n: int, size: int = 512, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size), dtype=np.uint8) for _ in range(n)]
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of the weights every decode step reads: the language model + lm_head (not the vision tower)."""
+    total = 0
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if "vision_tower" in name or "multi_modal_projector" in name:
+            continue
+        total += p.numel() * p.element_size()
+    return total
+
+
+def bandwidth_limit(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((bw for key, bw in BANDWIDTH.items() if key in name), None)
+
+
+def reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB -> GB (process-wide)
+
+
+def measure_engine(engine, variant: str, batch: int, new_tokens: int, *, sequential: bool = False,
+                   warmup: bool = True) -> Row:
+    """Time Engine.generate on `batch` images (or one at a time, as the original, when `sequential`)."""
+    device = engine.device
+    prompt = ReportPrompt()
+    settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
+    reqs = [GenerationRequest(im, prompt, settings) for im in images(batch)]
+    if warmup:  # kernels, allocator, caches: a short run of the same shapes
+        short = GenerationSettings(temperature=0, max_new_tokens=4, ignore_eos=True)
+        engine.generate([GenerationRequest(r.image, r.prompt, short) for r in (reqs[:1] if sequential else reqs)])
+    reset_peak(device)
+    t0 = time.perf_counter()
+    results = [engine.generate([r])[0] for r in reqs] if sequential else engine.generate(reqs)
+    wall = time.perf_counter() - t0
+    r = results[-1]
+    decode_rate = (r.new_tokens - 1) / (r.timings["decode_ms"] / 1e3) if r.new_tokens > 1 else 0.0
+    limit = bandwidth_limit(device)
+    frac = None
+    if limit and batch == 1:
+        frac = decode_rate / (limit / weight_bytes_per_token(engine.model))
+    return Row(variant, batch, r.timings["prefill_ms"], decode_rate, len(reqs) / wall, peak_gb(device), frac)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="checkpoint dir or hub id (default: a tiny random model in a temp dir)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--variants", default=None,
+                    help="comma list of dtype/quantization (default: float32/none,bfloat16/none,float32/8bit,"
+                         "bfloat16/4bit on CPU; bfloat16/none,bfloat16/8bit,bfloat16/4bit on CUDA)")
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    variants = args.variants or ("bfloat16/none,bfloat16/8bit,bfloat16/4bit" if cuda else
+                                 "float32/none,bfloat16/none,float32/8bit,bfloat16/4bit")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(init_tiny(Path(tmp) / "tiny", seed=0))
+        print(f"model {model}, batch {args.batch}, {args.new_tokens} new tokens (EOS ignored)")
+        print(HEADER)
+        for v in variants.split(","):
+            dtype, quant = v.split("/")
+            engine = load(ModelConfig(model=model, device=args.device, dtype=dtype, quantization=quant))
+            for b in (1, args.batch):
+                print(measure_engine(engine, f"{dtype}/{quant}", b, args.new_tokens).line(), flush=True)
+            del engine
+            gc.collect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

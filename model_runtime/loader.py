@@ -1,0 +1,287 @@
+"""`load(ModelConfig) -> Engine`: the one place that touches files, the hub and the device.
+
+Reads the published ECOFRI layout (mapped onto VipLlavaForConditionalGeneration with strict checks) or
+the native layout written by `convert`. Never runs remote code; never touches the network for a
+local directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_runtime.chat import ChatTokenizer
+from model_runtime.checkpoint import (
+    NATIVE_FORMAT, NATIVE_MARKER, CheckpointSpec, NativeNames, check_published, to_native,
+)
+from model_runtime.engine import Engine
+from model_runtime.errors import ModelLoadError
+from model_runtime.types import ModelConfig, ModelIdentity
+
+log = logging.getLogger(__name__)
+
+# Files a load needs (and the only ones fetched from the hub: no remote code, no .bin duplicates).
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# Kept unquantized: the vision tower, the projector and lm_head. Short names for transformers versions
+# that match by substring or at the top level; "model."-prefixed ones for 5.2x, which matches prefixes.
+SKIP_QUANTIZATION = ["vision_tower", "multi_modal_projector", "lm_head",
+                     "model.vision_tower", "model.multi_modal_projector"]
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def bitsandbytes():
+    """Import bitsandbytes, or say what to install."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ModelLoadError(
+            "8bit/4bit quantization needs bitsandbytes: `pip install 'bitsandbytes>=0.45'` "
+            "(or choose quantization 'none')"
+        ) from exc
+    return bnb
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a requested CUDA device must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"device {device!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was requested but CUDA is not available here; use device 'cpu'")
+    return dev
+
+
+def resolve_precision(config: ModelConfig, device: torch.device) -> tuple[torch.dtype, str]:
+    """Defaults: bfloat16 + 4bit on CUDA, float32 + none on CPU."""
+    dtype_name = config.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    quantization = config.quantization or ("4bit" if device.type == "cuda" else "none")
+    return getattr(torch, dtype_name), quantization
+
+
+def resolve_checkpoint(config: ModelConfig) -> tuple[Path, str, str | None]:
+    """Local directory or hub id -> (directory, model name, revision)."""
+    local = Path(config.model).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"model path {local} is a file; give the checkpoint directory")
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} has no config.json; is it a CXR-LLAVA checkpoint directory?")
+        return local, local.resolve().name, config.revision
+    if not _HUB_ID.match(config.model):
+        raise ModelLoadError(f"model {config.model!r} is neither an existing directory nor a hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            config.model, revision=config.revision, allow_patterns=HUB_PATTERNS,
+            cache_dir=config.cache_dir, local_files_only=config.local_files_only,
+        )
+    except Exception as exc:  # offline, unknown repo, gated: all say the same thing to the operator
+        raise ModelLoadError(
+            f"cannot fetch {config.model}"
+            + (f" at revision {config.revision}" if config.revision else "")
+            + f" from the hub ({type(exc).__name__}); on a machine without internet, download it elsewhere "
+            f"(`huggingface-cli download {config.model} --local-dir DIR`) and pass the directory DIR as the model"
+        ) from exc
+    path = Path(path)
+    return path, config.model, config.revision or path.name
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path.name} is missing in {path.parent}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def read_published_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a published checkpoint (sharded with an index, or one model.safetensors)."""
+    from safetensors import safe_open
+
+    index_path = directory / "model.safetensors.index.json"
+    if index_path.is_file():
+        weight_map = read_json(index_path).get("weight_map") or {}
+        files = sorted(set(weight_map.values()))
+    elif (directory / "model.safetensors").is_file():
+        files, weight_map = ["model.safetensors"], None
+    else:
+        raise ModelLoadError(
+            f"{directory} has no model.safetensors.index.json or model.safetensors "
+            "(only the safetensors weights are read; the pytorch_model-*.bin set is not)"
+        )
+    absent = [f for f in files if not (directory / f).is_file()]
+    if absent:
+        raise ModelLoadError(f"shard file(s) missing in {directory}: {', '.join(absent)}")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        try:
+            with safe_open(str(directory / name), framework="pt") as f:
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read shard {directory / name}: {exc}") from exc
+    if weight_map is not None:
+        not_found = [k for k, f in weight_map.items() if k not in tensors]
+        if not_found:
+            raise ModelLoadError(
+                f"model.safetensors.index.json lists keys that its shards lack: {', '.join(not_found[:8])}")
+    return tensors
+
+
+def quantization_config(quantization: str, dtype: torch.dtype):
+    """BitsAndBytesConfig for the language model (NF4 + double quant for 4bit), or None."""
+    if quantization == "none":
+        return None
+    bitsandbytes()
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANTIZATION)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=SKIP_QUANTIZATION,
+    )
+
+
+def build_native_state_dict(directory: Path) -> tuple[CheckpointSpec, Any, dict[str, torch.Tensor]]:
+    """Published directory -> (spec, VipLlavaConfig, native state dict), strictly checked both sides."""
+    from transformers import VipLlavaForConditionalGeneration
+
+    spec = CheckpointSpec.from_config(read_json(directory / "config.json"), where=str(directory / "config.json"))
+    tensors = read_published_tensors(directory)
+    check_published({k: tuple(t.shape) for k, t in tensors.items()}, spec, where=str(directory))
+    vcfg = spec.vipllava_config()
+    with torch.device("meta"):
+        skeleton = VipLlavaForConditionalGeneration(vcfg)
+    native = to_native(tensors, spec, NativeNames.of(skeleton))
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = sorted(set(expected) - set(native))
+    unexpected = sorted(set(native) - set(expected))
+    wrong = [k for k in expected if k in native and tuple(native[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        raise ModelLoadError(
+            "the mapped checkpoint does not fit this transformers version's VipLlavaForConditionalGeneration: "
+            f"missing {missing[:8]}, unexpected {unexpected[:8]}, wrong shape {wrong[:8]}"
+        )
+    return spec, vcfg, native
+
+
+def _device_map(device: torch.device) -> dict[str, Any]:
+    return {"": device.index if device.type == "cuda" and device.index is not None else device.type}
+
+
+def load(config: ModelConfig) -> Engine:
+    """Load a CXR-LLAVA checkpoint and return a ready Engine.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Local directory (published layout, or native layout from ``cxr-cds model convert``) or hub id.
+
+    Returns
+    -------
+    Engine
+
+    Raises
+    ------
+    ModelLoadError
+        Directory or hub id not found (offline: names the directory to provide instead), missing shard,
+        missing/unexpected/wrongly shaped tensor (named), unreadable tokenizer, bitsandbytes absent.
+    """
+    from transformers import VipLlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a progress bar is noise in service logs and CLI output
+    device = resolve_device(config.device)
+    dtype, quantization = resolve_precision(config, device)
+    directory, name, revision = resolve_checkpoint(config)
+    qconfig = quantization_config(quantization, dtype)
+    cfg = read_json(directory / "config.json")
+    common: dict[str, Any] = {"dtype": dtype, "device_map": _device_map(device)}
+    if qconfig is not None:
+        common["quantization_config"] = qconfig
+    if config.attn_implementation:
+        common["attn_implementation"] = config.attn_implementation
+
+    if (directory / NATIVE_MARKER).is_file():
+        marker = read_json(directory / NATIVE_MARKER)
+        if marker.get("format") != NATIVE_FORMAT:
+            raise ModelLoadError(f"{directory / NATIVE_MARKER}: format {marker.get('format')!r}, expected {NATIVE_FORMAT!r}")
+        source = marker.get("source") or {}
+        name, revision = source.get("name", name), source.get("revision", revision)
+        pre = marker["image_preprocess_cfg"]
+        try:
+            model = VipLlavaForConditionalGeneration.from_pretrained(
+                str(directory), local_files_only=True, use_safetensors=True, **common)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"cannot load the native checkpoint {directory}: {exc}") from exc
+        image_size = int(model.config.vision_config.image_size)
+        mean, std = float(pre["mean"]), float(pre["std"])
+    elif cfg.get("model_type") == "CXR-LLAVA":
+        spec, vcfg, native = build_native_state_dict(directory)
+        model = VipLlavaForConditionalGeneration.from_pretrained(None, config=vcfg, state_dict=native, **common)
+        del native
+        image_size, mean, std = spec.image_size, spec.image_mean, spec.image_std
+    else:
+        raise ModelLoadError(
+            f"{directory} is neither the published CXR-LLAVA layout (config.json model_type 'CXR-LLAVA') nor a "
+            f"native checkpoint written by `cxr-cds model convert` (no {NATIVE_MARKER}); "
+            f"found model_type {cfg.get('model_type')!r}"
+        )
+    model.eval()
+    tok_cfg = read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+    # transformers' slow LlamaTokenizer defaults to legacy=True when the config does not say.
+    tokenizer = ChatTokenizer(directory / "tokenizer.model", legacy=bool(tok_cfg.get("legacy", True)))
+    text_cfg = model.config.text_config
+    identity = ModelIdentity(name=name, revision=revision, dtype=str(dtype).removeprefix("torch."),
+                             quantization=quantization)
+    log.info("loaded %s (revision %s) on %s as %s/%s", name, revision, device, identity.dtype, quantization)
+    return Engine(
+        model, tokenizer, identity=identity, image_size=image_size, image_mean=mean, image_std=std,
+        max_positions=int(text_cfg.max_position_embeddings), eos_token_id=tokenizer.eos_id,
+    )
+
+
+def convert(source: str | Path, destination: str | Path, revision: str | None = None) -> Path:
+    """Write the native checkpoint of a published one: ``save_pretrained`` + tokenizer + a source marker.
+
+    Weights keep the published dtype; later loads skip the key mapping and give identical logits.
+
+    Raises
+    ------
+    ModelLoadError
+        As `load`, or the destination exists and is not empty.
+    """
+    from transformers import VipLlavaForConditionalGeneration
+
+    directory, name, revision = resolve_checkpoint(ModelConfig(model=str(source), revision=revision))
+    dst = Path(destination)
+    if dst.exists() and any(dst.iterdir()):
+        raise ModelLoadError(f"destination {dst} exists and is not empty; choose a new directory")
+    spec, vcfg, native = build_native_state_dict(directory)
+    dtype = next(iter(native.values())).dtype
+    model = VipLlavaForConditionalGeneration.from_pretrained(None, config=vcfg, state_dict=native, dtype=dtype)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(dst))
+    for f in TOKENIZER_FILES:
+        if (directory / f).is_file():
+            shutil.copyfile(directory / f, dst / f)
+    marker = {
+        "format": NATIVE_FORMAT,
+        "source": {"name": name, "revision": revision, "layout": "published ECOFRI CXR-LLAVA"},
+        "image_preprocess_cfg": {"mean": spec.image_mean, "std": spec.image_std},
+        "note": "VipLlavaForConditionalGeneration weights mapped from the published checkpoint by cxr-cds",
+    }
+    (dst / NATIVE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return dst

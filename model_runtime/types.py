@@ -1,0 +1,160 @@
+"""Value types of the model runtime: configuration, requests, results, identity."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from model_runtime.errors import InvalidRequest
+
+Quantization = Literal["none", "8bit", "4bit"]
+QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+# The image's place in `prompt_token_ids`, as in the reference (LLaVA's IMAGE_TOKEN_INDEX).
+IMAGE_SENTINEL = -200
+
+
+@runtime_checkable
+class PromptLike(Protocol):
+    """What the runtime needs of a prompt (`prompts.Prompt` fits): the user text holds `<image>` once."""
+
+    id: str
+    version: str
+    system: str
+    user: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the weights are and how to run them.
+
+    Parameters
+    ----------
+    model : str
+        A local directory (published ECOFRI layout, or native layout written by ``cxr-cds model convert``)
+        or a hub id such as ``ECOFRI/CXR-LLAVA-v2``.
+    revision : str, optional
+        Hub revision (commit) to pin; recorded in the model identity.
+    device : str
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    dtype : str, optional
+        ``float32``, ``bfloat16`` or ``float16``; default bfloat16 on CUDA, float32 on CPU.
+    quantization : {"none", "8bit", "4bit"}, optional
+        bitsandbytes quantization of the language model; default 4bit on CUDA, none on CPU.
+    local_files_only : bool
+        For a hub id: use only what is already in the local cache (no network).
+    cache_dir : str, optional
+        Hub cache directory.
+    attn_implementation : str, optional
+        Passed to transformers (``"sdpa"``, ``"eager"``); default: transformers' choice.
+    """
+
+    model: str
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    quantization: Quantization | None = None
+    local_files_only: bool = False
+    cache_dir: str | None = None
+    attn_implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise InvalidRequest("ModelConfig.model is empty: give a local checkpoint directory or a hub id")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise InvalidRequest(f"dtype {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise InvalidRequest(
+                f"quantization {self.quantization!r} is not supported; use one of {', '.join(QUANTIZATIONS)}"
+            )
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings. ``temperature <= 0.001`` means greedy (as in the original).
+
+    ``max_new_tokens`` caps the original's ``min(512, max_positions - prompt_length - 1)``; it never raises it.
+    ``ignore_eos`` keeps decoding past EOS (benchmarks only: a fixed number of new tokens).
+    """
+
+    temperature: float = 0.2
+    top_p: float = 0.8
+    top_k: int = 50
+    max_new_tokens: int | None = None
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise InvalidRequest(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidRequest(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InvalidRequest(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.001
+
+
+@dataclass(frozen=True, eq=False)
+class GenerationRequest:
+    """One image and one prompt. ``image``: (H, W) uint8 grayscale, MONOCHROME2 (0 = black)."""
+
+    image: np.ndarray
+    prompt: PromptLike
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What produced an output: travels into FHIR Device/Provenance and card sources."""
+
+    name: str
+    revision: str | None
+    dtype: str
+    quantization: str
+
+    def for_prompt(self, prompt: PromptLike) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "quantization": self.quantization,
+            "prompt_id": prompt.id,
+            "prompt_version": prompt.version,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A generated text with its token ids, timings (ms) and the identity of model and prompt.
+
+    ``prompt_token_ids`` holds the image as one ``-200`` sentinel (as in the reference);
+    ``prompt_tokens`` counts the prompt as the model saw it (image tokens expanded).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_token_ids: tuple[int, ...]
+    timings: dict[str, float]
+    prompt_tokens: int
+    new_tokens: int
+    model: dict[str, Any]
+    finish_reason: Literal["eos", "length"] = "eos"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "timings": dict(self.timings),
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "finish_reason": self.finish_reason,
+            "model": dict(self.model),
+        }

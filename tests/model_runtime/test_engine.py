@@ -1,0 +1,192 @@
+"""Generation on the tiny model: exact vision features, batching, sampling, scores, precision variants."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model_runtime import (
+    IMAGE_SENTINEL, GenerationRequest, GenerationSettings, InvalidRequest, ModelConfig, convert, load,
+)
+from model_runtime.engine import sample
+from model_runtime.loader import read_published_tensors
+from model_runtime.preprocess import preprocess
+
+GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=12)
+
+
+def openclip_tower_features(t: dict[str, torch.Tensor], pixels: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Independent float64 implementation of the OpenCLIP-style tower + projector from the reference facts.
+
+    (B, 1, S, S) -> (B, N, H): conv (no bias) -> row-major patches -> class token first -> + positional
+    -> ln_pre -> pre-LN blocks (MHA with in_proj rows q, k, v; exact-GELU MLP) -> ln_post on all tokens
+    -> drop the class token -> mm_projector Linear.
+    """
+    w = {k: v.double() for k, v in t.items()}
+    vis = cfg["clip_vision_cfg"]
+    width, patch = vis["width"], vis["patch_size"]
+    heads = width // vis.get("head_width", 64)
+    x = torch.nn.functional.conv2d(pixels.double(), w["vision_tower.conv1.weight"], stride=patch)  # (B, W, g, g)
+    x = x.flatten(2).transpose(1, 2)                                                               # (B, g*g, W)
+    cls = w["vision_tower.class_embedding"].expand(x.shape[0], 1, width)
+    x = torch.cat([cls, x], dim=1) + w["vision_tower.positional_embedding"]
+
+    def ln(v, name):
+        mu = v.mean(-1, keepdim=True)
+        var = ((v - mu) ** 2).mean(-1, keepdim=True)
+        return (v - mu) / torch.sqrt(var + 1e-5) * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+    x = ln(x, "vision_tower.ln_pre")
+    for i in range(vis["layers"]):
+        p = f"vision_tower.transformer.resblocks.{i}"
+        h = ln(x, f"{p}.ln_1")
+        qkv = h @ w[f"{p}.attn.in_proj_weight"].T + w[f"{p}.attn.in_proj_bias"]
+        q, k, v = qkv.split(width, dim=-1)
+        b, n, _ = q.shape
+        q, k, v = (z.reshape(b, n, heads, width // heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-1, -2) / math.sqrt(width // heads)).softmax(-1)
+        o = (att @ v).transpose(1, 2).reshape(b, n, width)
+        x = x + o @ w[f"{p}.attn.out_proj.weight"].T + w[f"{p}.attn.out_proj.bias"]
+        h = ln(x, f"{p}.ln_2")
+        h = h @ w[f"{p}.mlp.c_fc.weight"].T + w[f"{p}.mlp.c_fc.bias"]
+        h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))  # exact GELU
+        x = x + h @ w[f"{p}.mlp.c_proj.weight"].T + w[f"{p}.mlp.c_proj.bias"]
+    x = ln(x, "vision_tower.ln_post")[:, 1:]
+    return x @ w["mm_projector.weight"].T + w["mm_projector.bias"]
+
+
+def test_image_features_equal_an_independent_openclip_implementation(tiny_engine, tiny_model_dir, images,
+                                                                     report_prompt):
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    tensors = read_published_tensors(tiny_model_dir)
+    expected = openclip_tower_features(tensors, preprocess(images[:2], 64), cfg)  # (2, 16, 64)
+    batch = tiny_engine.prepare(images[:2], [report_prompt, report_prompt])
+    cut = batch.prompt_ids[0].index(IMAGE_SENTINEL)
+    for row in range(2):
+        start = batch.inputs_embeds.shape[1] - batch.prompt_lengths[row] + cut  # left padding offset
+        got = batch.inputs_embeds[row, start:start + 16].double()
+        torch.testing.assert_close(got, expected[row], rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_length_counts_the_expanded_image(tiny_engine, images, report_prompt):
+    result = tiny_engine.generate([GenerationRequest(images[0], report_prompt, GREEDY)])[0]
+    assert result.prompt_token_ids.count(IMAGE_SENTINEL) == 1
+    assert result.prompt_token_ids[:2] == (1, 1)  # double BOS, as the original
+    assert result.prompt_tokens == len(result.prompt_token_ids) - 1 + 16
+
+
+def test_batched_greedy_equals_batch_size_one(tiny_engine, images, report_prompt, question_prompt):
+    requests = [GenerationRequest(images[0], report_prompt, GREEDY),
+                GenerationRequest(images[1], question_prompt, GREEDY),  # shorter prompt: left-padded
+                GenerationRequest(images[2], report_prompt, GenerationSettings(temperature=0, max_new_tokens=5))]
+    single = [tiny_engine.generate([r])[0] for r in requests]
+    batched = tiny_engine.generate(requests)
+    assert [r.token_ids for r in batched] == [r.token_ids for r in single]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert [r.new_tokens for r in batched] == [12, 12, 5]
+
+
+def test_result_carries_model_and_prompt_identity_and_timings(tiny_engine, images, report_prompt):
+    r = tiny_engine.generate([GenerationRequest(images[0], report_prompt, GREEDY)])[0]
+    assert r.model == {"name": tiny_engine.identity.name, "revision": None, "dtype": "float32",
+                       "quantization": "none", "prompt_id": "report", "prompt_version": "v1"}
+    assert {"queue_ms", "prefill_ms", "decode_ms"} <= set(r.timings)
+    assert r.finish_reason == "length" and r.new_tokens == len(r.token_ids) == 12
+    assert set(r.to_json()) >= {"text", "token_ids", "prompt_token_ids", "timings", "model"}
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_batching(tiny_engine, images, report_prompt):
+    s = GenerationSettings(temperature=1.0, top_p=0.95, max_new_tokens=10, seed=11)
+    a = tiny_engine.generate([GenerationRequest(images[0], report_prompt, s)])[0]
+    b = tiny_engine.generate([GenerationRequest(images[1], report_prompt, GREEDY),
+                              GenerationRequest(images[0], report_prompt, s)])[1]
+    assert a.token_ids == b.token_ids
+
+
+def test_new_token_cap_is_the_originals_rule(tiny_engine):
+    # max_position_embeddings 512 in the tiny config: min(512, 512 - prompt - 1)
+    assert tiny_engine.max_new_tokens(400, GenerationSettings()) == 111
+    assert tiny_engine.max_new_tokens(10, GenerationSettings()) == 501
+    assert tiny_engine.max_new_tokens(10, GenerationSettings(max_new_tokens=7)) == 7
+    with pytest.raises(InvalidRequest, match="the prompt is 511 tokens .* max_position_embeddings 512 leaves no room"):
+        tiny_engine.max_new_tokens(511, GenerationSettings())
+
+
+def test_sampling_matches_transformers_warpers_in_order():
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(0)) * 3
+    s = GenerationSettings(temperature=0.4, top_p=0.8, top_k=50)
+    scores = logits[None].clone()
+    for warper in (TemperatureLogitsWarper(0.4), TopKLogitsWarper(50), TopPLogitsWarper(0.8)):
+        scores = warper(None, scores)
+    expected = scores[0].softmax(-1)
+    draws = [sample(logits, s, torch.Generator().manual_seed(i)) for i in range(400)]
+    support = set(torch.nonzero(expected).flatten().tolist())
+    assert set(draws) <= support and len(support) < 50
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert sample(logits, s, g1) == int(torch.multinomial(expected, 1, generator=g2))
+
+
+def test_greedy_threshold_is_temperature_0_001():
+    assert GenerationSettings(temperature=0.001).greedy and not GenerationSettings(temperature=0.0011).greedy
+
+
+def test_score_yes_no_is_one_batched_prefill_per_image(tiny_engine, images, question_prompt, report_prompt):
+    scores = tiny_engine.score_yes_no(images[0], [question_prompt, report_prompt])
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    tok = tiny_engine.tokenizer
+    logits = tiny_engine.prefill_logits(GenerationRequest(images[0], question_prompt))[-1]
+    yes, no = logits[tok.answer_token_id("Yes")], logits[tok.answer_token_id("No")]
+    assert scores[0] == pytest.approx(float(torch.sigmoid(yes - no)), abs=1e-5)
+
+
+def test_published_and_converted_checkpoints_give_identical_logits(tiny_model_dir, tmp_path, images, report_prompt,
+                                                                   tiny_engine):
+    native_dir = convert(tiny_model_dir, tmp_path / "native")
+    assert (native_dir / "cxr_cds_native.json").is_file()
+    native = load(ModelConfig(model=str(native_dir), device="cpu"))
+    request = GenerationRequest(images[0], report_prompt, GREEDY)
+    assert torch.equal(tiny_engine.prefill_logits(request), native.prefill_logits(request))
+    assert native.identity.name == tiny_engine.identity.name
+    assert native.generate([request])[0].token_ids == tiny_engine.generate([request])[0].token_ids
+
+
+def test_convert_refuses_a_non_empty_destination(tiny_model_dir, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    from model_runtime import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="destination .*busy exists and is not empty"):
+        convert(tiny_model_dir, tmp_path / "busy")
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_load_and_generate_on_cpu(tiny_model_dir, images, report_prompt, quantization):
+    pytest.importorskip("bitsandbytes")
+    engine = load(ModelConfig(model=str(tiny_model_dir), device="cpu", quantization=quantization))
+    layer_types = {type(m).__name__ for n, m in engine.model.named_modules() if "language_model.layers" in n}
+    assert ("Linear8bitLt" if quantization == "8bit" else "Linear4bit") in layer_types
+    # The vision tower, the projector and lm_head stay unquantized.
+    kept = [m for n, m in engine.model.named_modules()
+            if ("vision_tower" in n or "multi_modal_projector" in n or n == "lm_head") and "Linear" in type(m).__name__]
+    assert kept and all(type(m) in (torch.nn.Linear,) or type(m).__name__ == "LinearActivation" for m in kept)
+    r = engine.generate([GenerationRequest(images[0], report_prompt, GenerationSettings(temperature=0, max_new_tokens=4))])[0]
+    assert r.new_tokens == 4 and r.model["quantization"] == quantization
+
+
+def test_engine_rejects_a_16_bit_image(tiny_engine, report_prompt):
+    with pytest.raises(InvalidRequest, match="image must be 8-bit"):
+        tiny_engine.generate([GenerationRequest(np.zeros((8, 8), np.uint16), report_prompt)])
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(InvalidRequest, match=r"top_p must be in \(0, 1\], got 0"):
+        GenerationSettings(top_p=0)
+    with pytest.raises(InvalidRequest, match="quantization '2bit' is not supported"):
+        ModelConfig(model="x", quantization="2bit")
