@@ -23,6 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import logging
+
+# bitsandbytes logs a warning on every int8 matmul (bf16 -> fp16 cast): one line per layer per token
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

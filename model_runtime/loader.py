@@ -75,7 +75,9 @@ def resolve_checkpoint(config: ModelConfig) -> tuple[Path, str, str | None]:
             raise ModelLoadError(f"model path {local} is a file; give the checkpoint directory")
         if not (local / "config.json").is_file():
             raise ModelLoadError(f"{local} has no config.json; is it a CXR-LLAVA checkpoint directory?")
-        return local, local.resolve().name, config.revision
+        # a checkpoint may name itself (the tiny demo model does); else the directory's name
+        name = read_json(local / "config.json").get("cxr_cds_model_name") or local.resolve().name
+        return local, str(name), config.revision
     if not _HUB_ID.match(config.model):
         raise ModelLoadError(f"model {config.model!r} is neither an existing directory nor a hub id (owner/name)")
     from huggingface_hub import snapshot_download

@@ -81,6 +81,8 @@ def _tiny_config(vocab_size: int) -> dict:
             "AutoModel": "modeling_CXR_LLAVA.CXRLLAVAModel",
         },
         "model_type": "CXR-LLAVA",
+        # not in the published config: names the model on every output (Device, card, CLI)
+        "cxr_cds_model_name": "cxr-cds/tiny-random-cxr-llava (demo: random weights)",
         "clip_vision_cfg": {"image_size": 64, "layers": 2, "patch_size": 16, "width": 64, "head_width": 32},
         "clip_embed_dim": 16,
         "clip_quick_gelu": False,

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# the official FHIR R4 schema validators: r4_schema, r4_schema_errors, assert_valid_r4
+from tests.support.fhir_schema import assert_valid_r4, r4_schema, r4_schema_errors  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 LLAMA2_TOKENIZER_DIR = SHARED / "data" / "llama2-tokenizer"

@@ -1,0 +1,118 @@
+"""`cxr-cds analyze`: the whole pipeline without HTTP, on a local DICOM file or a study in a PACS."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _context_from_bundle(path: Path):
+    """Read Patient, ServiceRequest, Conditions and Encounter out of a FHIR Bundle file."""
+    from fhir_mapping import patient_reference, read_context, read_order
+
+    try:
+        bundle = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        _fail(f"cannot read the context bundle {path}: {exc}; give a FHIR Bundle in JSON")
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        _fail(f"{path} is not a FHIR Bundle (resourceType {bundle.get('resourceType')!r}); "
+              "give a Bundle holding Patient, ServiceRequest, Condition and Encounter resources")
+    by_type: dict[str, list[dict]] = {}
+    for entry in bundle.get("entry") or []:
+        resource = (entry or {}).get("resource") or {}
+        by_type.setdefault(resource.get("resourceType"), []).append(resource)
+    patient = (by_type.get("Patient") or [None])[0]
+    service_request = (by_type.get("ServiceRequest") or [None])[0]
+    encounter = (by_type.get("Encounter") or [None])[0]
+    context = read_context(patient=patient, service_request=service_request,
+                           conditions=by_type.get("Condition") or [], encounter=encounter)
+    order = read_order(service_request) if service_request else None
+    return context, order, (patient_reference(patient) if patient else None), \
+        (order.encounter_reference if order else None)
+
+
+@click.command()
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--context", "context_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="FHIR Bundle (JSON) with Patient, ServiceRequest, Condition, Encounter.")
+@click.option("--model", "model_ref", default=None,
+              help="Checkpoint directory or hub id [default: $CXR_CDS_MODEL, else the demo model in .demo/model].")
+@click.option("--revision", default=None, help="Hub revision (commit) to pin.")
+@click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]), default=None)
+@click.option("--dicomweb", "dicomweb_url", default=None, help="DICOMweb base URL of a PACS (instead of FILE).")
+@click.option("--accession", default=None, help="AccessionNumber to look up (with --dicomweb).")
+@click.option("--study-uid", default=None, help="StudyInstanceUID to look up (with --dicomweb).")
+@click.option("--patient-id", default=None, help="PatientID; the newest CR/DX study is read (with --dicomweb).")
+@click.option("--template", default="report_context.v1", show_default=True, help="Prompt template id.")
+@click.option("--max-new-tokens", type=int, default=None)
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="0 = greedy (reproducible); the released default is 0.2.")
+@click.option("--scores", "with_scores", is_flag=True, help="Also compute per-finding yes/no probabilities.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def analyze(file, context_path, model_ref, revision, quantization, dicomweb_url, accession, study_uid,
+            patient_id, template, max_new_tokens, temperature, with_scores, as_json) -> None:
+    """Analyse one chest radiograph and print the AI draft (report, findings, FHIR Bundle)."""
+    from fhir_mapping import FhirMappingError
+    from imaging import DicomWebSource, ImagingError, read_radiograph
+    from model_runtime import GenerationSettings, ModelConfig, ModelRuntimeError, load
+    from prompts import ClinicalContext
+    from prompts.render import PromptError
+
+    from cds_hooks.pipeline import analyze_image, plan_study, run_analysis
+
+    if (file is None) == (dicomweb_url is None):
+        _fail("give either a DICOM FILE or --dicomweb URL with --accession, --study-uid or --patient-id")
+    if dicomweb_url and not (accession or study_uid or patient_id):
+        _fail("--dicomweb needs --accession, --study-uid or --patient-id to find the study")
+
+    model_ref = model_ref or os.environ.get("CXR_CDS_MODEL")
+    if not model_ref:
+        demo_model = Path(".demo/model")
+        if not (demo_model / "config.json").is_file():
+            from model_runtime import init_tiny
+
+            click.echo(f"No --model given: generating the tiny demo model (random weights) in {demo_model}",
+                       err=True)
+            init_tiny(demo_model, seed=0)
+        model_ref = str(demo_model)
+
+    try:
+        context, order, patient_ref, encounter_ref = (
+            _context_from_bundle(context_path) if context_path else (ClinicalContext(), None, None, None))
+        engine = load(ModelConfig(model=model_ref, revision=revision, quantization=quantization))
+        settings = GenerationSettings(temperature=temperature, max_new_tokens=max_new_tokens)
+        generate = lambda request: engine.generate([request])[0]  # noqa: E731 - one request, no worker
+        score = engine.score_yes_no if with_scores else None
+        common = dict(context=context, generate=generate, order=order, patient_reference=patient_ref,
+                      encounter_reference=encounter_ref, template=template, settings=settings, score=score)
+        if file is not None:
+            analysis = analyze_image(read_radiograph(file), **common)
+        else:
+            source = DicomWebSource.from_url(dicomweb_url)
+            plan = plan_study(source, study_instance_uid=study_uid, accession_number=accession,
+                              patient_id=patient_id)
+            analysis = run_analysis(source, plan, **common)
+    except (ImagingError, ModelRuntimeError, FhirMappingError, PromptError) as exc:
+        _fail(str(exc))
+
+    if as_json:
+        out = analysis.to_json()
+        click.echo(json.dumps({k: out[k] for k in
+                               ("report", "findings", "fhir", "study", "model", "timings", "scores",
+                                "analysis_id")}, indent=2))
+        return
+    click.echo("AI-GENERATED DRAFT FOR CLINICIAN REVIEW - NOT A FINAL REPORT")
+    click.echo(f"Study {analysis.study.get('study_instance_uid')}  view {analysis.study.get('view_position')}"
+               f"  model {analysis.model.get('name')} ({analysis.model.get('quantization')})"
+               f"  prompt {analysis.model.get('prompt_id')}.{analysis.model.get('prompt_version')}")
+    click.echo("\n" + analysis.report_text.strip() + "\n")
+    for f in analysis.findings.mentioned():
+        click.echo(f"  {f.name:<18} {f.presence}")

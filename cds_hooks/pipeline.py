@@ -1,0 +1,260 @@
+"""The product in one function: study -> image -> prompt -> generation -> findings -> FHIR draft.
+
+Read top to bottom, this module is the data flow of ../shared/DESIGN.md. The HTTP layer
+(`cds_hooks.app`) decides *when* to run it (stored result, background job, deadline); the CLI
+(`cxr-cds analyze`) runs it directly. Nothing here touches Flask, SQLite or the network except
+through the `source` (an `imaging.ImageSource`) and the `generate` callable it is handed.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Callable, Sequence
+
+from fhir_mapping import DraftInputs, OrderInfo, build_draft
+from imaging import (
+    ImageSource,
+    RadiographImage,
+    Selection,
+    StudyMatch,
+    StudyNotFound,
+    fetch_radiograph,
+    locate_studies,
+    select_frontal,
+)
+from model_runtime import GenerationRequest, GenerationResult, GenerationSettings
+from prompts import ClinicalContext, Findings, extract_findings, finding_questions, render
+
+DEFAULT_TEMPLATE = "report_context.v1"
+
+Generate = Callable[[GenerationRequest], GenerationResult]
+# (image (H, W) uint8, prompts) -> P(yes) per prompt; e.g. model_runtime.Engine.score_yes_no
+Score = Callable[..., Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which study and which instance an analysis will read (decided from metadata only)."""
+
+    study: StudyMatch
+    selection: Selection
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One AI draft: the report, its coded findings, the FHIR draft and where it came from."""
+
+    analysis_id: str
+    report_text: str
+    findings: Findings
+    bundle: dict                    # FHIR R4 Bundle (DiagnosticReport + Device + Provenance)
+    diagnostic_report: dict         # the self-contained DiagnosticReport for a CDS `create` action
+    study: dict                     # UIDs read, accession, date, view, why this instance
+    model: dict                     # name, revision, dtype, quantization, prompt_id, prompt_version
+    context_key: str
+    timings: dict = field(default_factory=dict)   # ms per stage
+    scores: dict | None = None      # per-finding P(yes), when computed
+    created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def to_json(self) -> dict:
+        return {
+            "analysis_id": self.analysis_id,
+            "report": self.report_text,
+            "findings": self.findings.to_json(),
+            "fhir": self.bundle,
+            "diagnostic_report": self.diagnostic_report,
+            "study": self.study,
+            "model": self.model,
+            "context_key": self.context_key,
+            "timings": self.timings,
+            "scores": self.scores,
+            "created": self.created.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Analysis":
+        return cls(
+            analysis_id=d["analysis_id"],
+            report_text=d["report"],
+            findings=Findings.from_json(d["findings"]),
+            bundle=d["fhir"],
+            diagnostic_report=d["diagnostic_report"],
+            study=d["study"],
+            model=d["model"],
+            context_key=d["context_key"],
+            timings=d.get("timings") or {},
+            scores=d.get("scores"),
+            created=datetime.fromisoformat(d["created"]),
+        )
+
+
+def plan_study(
+    source: ImageSource,
+    *,
+    study_instance_uid: str | None = None,
+    accession_number: str | None = None,
+    patient_id: str | None = None,
+    date_range: tuple[date | None, date | None] | None = None,
+) -> Plan:
+    """Find the study (newest match) and choose its frontal radiograph, from metadata only (QIDO-RS).
+
+    Raises
+    ------
+    imaging.StudyNotFound, imaging.NoFrontalRadiograph, imaging.ImagingUnavailable
+    """
+    studies = locate_studies(
+        source,
+        study_instance_uid=study_instance_uid,
+        accession_number=accession_number,
+        patient_id=patient_id,
+        date_range=date_range,
+    )
+    if not studies:
+        asked = ", ".join(f"{k}={v}" for k, v in (("StudyInstanceUID", study_instance_uid),
+                                                  ("AccessionNumber", accession_number),
+                                                  ("PatientID", "<given>" if patient_id else None)) if v)
+        raise StudyNotFound(f"no CR/DX study matched {asked}; check the identifiers on the order, "
+                            "or that the study has reached the PACS")
+    study = studies[0]  # newest first
+    return Plan(study=study, selection=select_frontal(source, study))
+
+
+def analysis_key(plan: Plan, model_identity: dict, prompt_key: str, context: ClinicalContext) -> str:
+    """Cache key of an analysis: the instance read, the model, the prompt version and the context."""
+    parts = [
+        plan.selection.sop_instance_uid,
+        str(model_identity.get("name")),
+        str(model_identity.get("revision")),
+        str(model_identity.get("quantization")),
+        prompt_key,
+        context.key(),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def run_analysis(
+    source: ImageSource,
+    plan: Plan,
+    *,
+    context: ClinicalContext,
+    generate: Generate,
+    order: OrderInfo | None = None,
+    patient_reference: str | None = None,
+    encounter_reference: str | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    settings: GenerationSettings | None = None,
+    score: Score | None = None,
+    now: datetime | None = None,
+) -> Analysis:
+    """Fetch the planned instance (WADO-RS, one instance) and analyse it; see `analyze_image`."""
+    t0 = time.perf_counter()
+    image = fetch_radiograph(source, plan.study, plan.selection)
+    fetch_ms = (time.perf_counter() - t0) * 1000.0
+    analysis = analyze_image(
+        image,
+        context=context,
+        generate=generate,
+        order=order,
+        patient_reference=patient_reference,
+        encounter_reference=encounter_reference,
+        template=template,
+        settings=settings,
+        score=score,
+        now=now,
+    )
+    analysis.timings["fetch_decode_ms"] = round(fetch_ms, 1)
+    return analysis
+
+
+def analyze_image(
+    image: RadiographImage,
+    *,
+    context: ClinicalContext,
+    generate: Generate,
+    order: OrderInfo | None = None,
+    patient_reference: str | None = None,
+    encounter_reference: str | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    settings: GenerationSettings | None = None,
+    score: Score | None = None,
+    now: datetime | None = None,
+) -> Analysis:
+    """Run the model on one 8-bit radiograph and turn its report into coded findings and a FHIR draft.
+
+    Parameters
+    ----------
+    image : imaging.RadiographImage
+        The decoded frontal radiograph; `image.pixels` is (H, W) uint8, MONOCHROME2.
+    context : prompts.ClinicalContext
+        What the prompt may say about the patient (no identifiers).
+    generate : callable
+        `GenerationRequest -> GenerationResult`, e.g. `InferenceWorker.run`.
+    order, patient_reference, encounter_reference
+        What the FHIR draft points back to (`basedOn`, `subject`, `encounter`).
+    template : str
+        Prompt template id with version, e.g. ``"report_context.v1"``.
+    score : callable, optional
+        `(image, prompts) -> P(yes)` per finding question; adds `scores` to the result.
+
+    Returns
+    -------
+    Analysis
+    """
+    timings: dict[str, float] = {}
+    issued = now or datetime.now(timezone.utc)
+
+    prompt = render(template, context)
+    result = generate(GenerationRequest(image=image.pixels, prompt=prompt,
+                                        settings=settings or GenerationSettings()))
+    timings.update({k: round(float(v), 1) for k, v in result.timings.items()})
+
+    t0 = time.perf_counter()
+    findings = extract_findings(result.text)
+    timings["findings_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
+
+    scores = None
+    if score is not None:
+        questions = finding_questions(context)
+        probs = score(image.pixels, list(questions.values()))
+        scores = {name: round(float(p), 4) for name, p in zip(questions, probs)}
+
+    t0 = time.perf_counter()
+    draft_id = str(uuid.uuid4())
+    study = image.study_json()
+    bundle = build_draft(
+        DraftInputs(
+            report_text=result.text,
+            findings=findings,
+            study_instance_uid=image.study_instance_uid,
+            accession_number=image.accession_number,
+            study_date=image.study_date,
+            view_position=image.view_position,
+            order=order,
+            patient_reference=patient_reference,
+            encounter_reference=encounter_reference,
+            model=dict(result.model),
+            issued=issued,
+            draft_id=draft_id,
+            scores=scores,
+        )
+    )
+    timings["fhir_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
+
+    report = next(e["resource"] for e in bundle["entry"]
+                  if e["resource"]["resourceType"] == "DiagnosticReport")
+    return Analysis(
+        analysis_id=draft_id,
+        report_text=result.text,
+        findings=findings,
+        bundle=bundle,
+        diagnostic_report=report,
+        study=study,
+        model=dict(result.model),
+        context_key=context.key(),
+        timings=timings,
+        scores=scores,
+        created=issued,
+    )

@@ -1,0 +1,321 @@
+"""One typed settings object, read once from ``CXR_CDS_*`` environment variables and an optional file.
+
+Every value is parsed and checked here, at start-up; a bad value raises ``SettingsError`` naming
+the variable and saying what would be accepted. The optional file (``CXR_CDS_SETTINGS_FILE``) is
+JSON or TOML whose keys are the field names below (``deadline_s``) or the variable names
+(``CXR_CDS_DEADLINE_S``); environment variables win over the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from cds_hooks.errors import SettingsError
+
+PREFIX = "CXR_CDS_"
+
+# Chest radiograph order codes (illustrative; confirm with a terminology source at each site).
+DEFAULT_CXR_CODES: tuple[str, ...] = (
+    "http://loinc.org|36643-5",   # XR Chest 2 Views
+    "http://loinc.org|36554-4",   # XR Chest Single view
+    "http://loinc.org|42272-5",   # XR Chest PA
+    "http://loinc.org|24648-8",   # XR Chest PA upright
+    "http://loinc.org|36572-6",   # XR Chest AP and lateral
+    "http://www.ama-assn.org/go/cpt|71045",
+    "http://www.ama-assn.org/go/cpt|71046",
+    "http://www.ama-assn.org/go/cpt|71047",
+    "http://www.ama-assn.org/go/cpt|71048",
+)
+
+
+def _default_db() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cxr-cds" / "cxr-cds.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; construct with :func:`load_settings` (validated)."""
+
+    # imaging source: DICOMweb if a URL is given, else the embedded local folder
+    dicomweb_url: str | None = None
+    dicomweb_username: str | None = None
+    dicomweb_password: str | None = None
+    dicom_folder: Path | None = None
+    # model
+    model: str | None = None                       # local directory or hub id
+    model_revision: str | None = None
+    quantization: str | None = None                # none | 8bit | 4bit (None: the loader decides)
+    device: str = "auto"
+    max_new_tokens: int = 256
+    template: str = "report_context.v1"
+    # service
+    auth: str = "jwt"                              # jwt | none (development only)
+    trusted_issuers: Mapping[str, Any] = field(default_factory=dict)
+    jwt_algorithms: tuple[str, ...] = ("ES384", "RS384")
+    jwt_leeway_s: int = 60
+    jwks_ttl_s: int = 300
+    jwks_refresh_min_s: int = 30
+    public_url: str | None = None
+    db: Path = field(default_factory=_default_db)
+    fhir_allowlist: tuple[str, ...] = ()
+    fhir_timeout_s: float = 3.0
+    deadline_s: float = 5.0
+    pending_card: bool = True
+    cxr_codes: tuple[str, ...] = DEFAULT_CXR_CODES
+    critical_findings: tuple[str, ...] = ("pneumothorax",)
+    cors_origins: tuple[str, ...] = ("*",)
+    max_request_bytes: int = 16 * 1024 * 1024
+    plan_ttl_s: float = 60.0                       # how long a found study/instance choice is reused
+    poll_interval_s: float = 0.0                   # QIDO-RS polling for new CR/DX studies; 0 = off
+    source_label: str = "CXR-LLAVA AI draft (cxr-cds)"
+    source_url: str | None = None
+
+
+def _str(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _positive_float(value: str) -> float:
+    v = float(value)
+    if not v > 0:
+        raise ValueError("must be > 0")
+    return v
+
+
+def _nonneg_float(value: str) -> float:
+    v = float(value)
+    if v < 0:
+        raise ValueError("must be >= 0")
+    return v
+
+
+def _positive_int(value: str) -> int:
+    v = int(value)
+    if v <= 0:
+        raise ValueError("must be > 0")
+    return v
+
+
+def _nonneg_int(value: str) -> int:
+    v = int(value)
+    if v < 0:
+        raise ValueError("must be >= 0")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return v
+    return parse
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on", "card"):
+        return True
+    if v in ("0", "false", "no", "off", "none"):
+        return False
+    raise ValueError("must be true/false (or card/none)")
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.replace("\n", ",").split(",") if p.strip())
+
+
+def _url(value: str) -> str | None:
+    v = value.strip().rstrip("/")
+    if not v:
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    return v
+
+
+def _url_list(value: str) -> tuple[str, ...]:
+    items = _list(value)
+    for item in items:
+        if "://" in item:
+            _url(item)
+    return items
+
+
+def _quantization(value: str) -> str | None:
+    v = value.strip().lower()
+    if not v:
+        return None
+    if v not in ("none", "8bit", "4bit"):
+        raise ValueError("must be one of none, 8bit, 4bit")
+    return v
+
+
+def _algorithms(value: str) -> tuple[str, ...]:
+    algs = tuple(a.upper() for a in _list(value))
+    bad = [a for a in algs if a not in ("ES384", "RS384", "ES256", "RS256", "ES512", "RS512", "PS384")]
+    if bad or not algs:
+        raise ValueError("must list asymmetric algorithms only (ES384, RS384); 'none' and HS* are refused")
+    return algs
+
+
+def _issuers(value: str) -> Mapping[str, Any]:
+    data = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(data, dict):
+        raise ValueError('must be a JSON object {"<iss>": {"jku": [...], "jwks_url": ..., "jwks": {...}}}')
+    for iss, cfg in data.items():
+        if not isinstance(cfg, dict) or not ({"jku", "jwks_url", "jwks"} & set(cfg)):
+            raise ValueError(f"issuer {iss!r} needs one of 'jku' (allowlist), 'jwks_url' or 'jwks'")
+    return data
+
+
+# field name -> (parser of the text value, what a good value looks like)
+_PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "dicomweb_url": (_url, "an absolute URL, e.g. http://127.0.0.1:8042/dicom-web"),
+    "dicomweb_username": (_str, "a user name"),
+    "dicomweb_password": (_str, "a password"),
+    "dicom_folder": (_path, "a directory of .dcm files"),
+    "model": (_str, "a local checkpoint directory or a hub id such as ECOFRI/CXR-LLAVA-v2"),
+    "model_revision": (_str, "a hub revision (commit hash or tag)"),
+    "quantization": (_quantization, "none, 8bit or 4bit"),
+    "device": (_choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "max_new_tokens": (_positive_int, "a positive integer, e.g. 256"),
+    "template": (_str, "a prompt template key, e.g. report_context.v1"),
+    "auth": (_choice("jwt", "none"), "jwt (production) or none (development only)"),
+    "trusted_issuers": (_issuers, 'a JSON object {"<iss>": {"jku": ["https://..."]}}'),
+    "jwt_algorithms": (_algorithms, "a comma-separated list such as ES384,RS384"),
+    "jwt_leeway_s": (_nonneg_int, "seconds of clock skew allowed, e.g. 60"),
+    "jwks_ttl_s": (_nonneg_int, "seconds a JWK Set is cached, e.g. 300"),
+    "jwks_refresh_min_s": (_nonneg_int, "minimum seconds between JWK Set refetches, e.g. 30"),
+    "public_url": (_url, "the service's public base URL, e.g. https://cds.example.org"),
+    "db": (_path, "a SQLite file path"),
+    "fhir_allowlist": (_url_list, "a comma-separated list of FHIR base URLs or host names"),
+    "fhir_timeout_s": (_positive_float, "seconds, e.g. 3"),
+    "deadline_s": (_positive_float, "seconds, e.g. 5"),
+    "pending_card": (_bool, "card or none"),
+    "cxr_codes": (_list, "a comma-separated list of system|code or bare codes"),
+    "critical_findings": (_list, "a comma-separated list of finding names, e.g. pneumothorax"),
+    "cors_origins": (_list, "* or a comma-separated list of origins"),
+    "max_request_bytes": (_positive_int, "a size in bytes, e.g. 16777216"),
+    "plan_ttl_s": (_nonneg_float, "seconds a found study and its frontal-instance choice are reused; 0 = never"),
+    "poll_interval_s": (_nonneg_float, "seconds between QIDO-RS polls; 0 turns polling off"),
+    "source_label": (_str, "a short label for the card source"),
+    "source_url": (_url, "an absolute URL about the service"),
+}
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a settings field: ``deadline_s`` -> ``CXR_CDS_DEADLINE_S``."""
+    return PREFIX + field_name.upper()
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SettingsError(f"{PREFIX}SETTINGS_FILE={path}: cannot read it ({e.strerror})") from e
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise SettingsError(f"{PREFIX}SETTINGS_FILE={path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({e})") from e
+    if not isinstance(data, dict):
+        raise SettingsError(f"{PREFIX}SETTINGS_FILE={path}: must hold one object of settings")
+    out = {}
+    for key, value in data.items():
+        name = key[len(PREFIX):].lower() if key.upper().startswith(PREFIX) else key.lower()
+        if name not in _PARSERS:
+            raise SettingsError(f"{PREFIX}SETTINGS_FILE={path}: unknown setting {key!r}")
+        out[name] = value
+    return out
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read, parse and validate the settings.
+
+    Parameters
+    ----------
+    environ : Mapping[str, str], optional
+        Where to read ``CXR_CDS_*`` variables from (default ``os.environ``).
+    **overrides
+        Field values that win over everything (tests, CLI options); already typed.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    SettingsError
+        A value does not parse or breaks a rule; the message names the variable.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    file = env.get(PREFIX + "SETTINGS_FILE")
+    if file:
+        raw.update(_read_file(Path(file)))
+    for name in _PARSERS:
+        if env_name(name) in env:
+            raw[name] = env[env_name(name)]
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k != PREFIX + "SETTINGS_FILE"
+                     and k[len(PREFIX):].lower() not in _PARSERS)
+    if unknown:
+        raise SettingsError(f"{unknown[0]} is not a setting; known: "
+                            + ", ".join(env_name(n) for n in _PARSERS))
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        parse, hint = _PARSERS[name]
+        try:
+            if isinstance(value, str):
+                values[name] = parse(value)
+            elif isinstance(value, (list, tuple)) and name not in ("trusted_issuers",):
+                values[name] = parse(",".join(str(v) for v in value))
+            elif name == "trusted_issuers":
+                values[name] = parse(value)
+            else:
+                values[name] = parse(str(value).lower() if isinstance(value, bool) else str(value))
+        except (ValueError, TypeError) as e:
+            raise SettingsError(f"{env_name(name)}={value!r} is not valid: {e}; expected {hint}") from None
+    values.update(overrides)
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    """Rules across fields."""
+    if s.auth == "jwt" and not s.trusted_issuers:
+        raise SettingsError(f"{env_name('auth')}=jwt needs {env_name('trusted_issuers')} "
+                            '(a JSON object {"<iss>": {"jku": ["https://..."]}}); '
+                            f"for development only, set {env_name('auth')}=none")
+    if s.dicomweb_url is None and s.dicom_folder is not None and not Path(s.dicom_folder).is_dir():
+        raise SettingsError(f"{env_name('dicom_folder')}={str(s.dicom_folder)!r} is not a directory; "
+                            f"create it or set {env_name('dicomweb_url')}")
+    from prompts import TEMPLATES
+    if s.template not in TEMPLATES:
+        raise SettingsError(f"{env_name('template')}={s.template!r} is not a prompt template; known: "
+                            + ", ".join(sorted(TEMPLATES)))
+    unknown = [f for f in s.critical_findings if f not in _finding_names()]
+    if unknown:
+        raise SettingsError(f"{env_name('critical_findings')}: unknown finding {unknown[0]!r}; known: "
+                            + ", ".join(_finding_names()))
+
+
+def _finding_names() -> tuple[str, ...]:
+    from prompts.findings import FINDING_NAMES
+    return FINDING_NAMES
+
+
+def settings_names() -> list[str]:
+    """All environment variable names, for ``--help`` texts and docs."""
+    return [env_name(f.name) for f in fields(Settings)]

@@ -1,0 +1,20 @@
+"""Imaging: find the study, choose the frontal chest radiograph, fetch it, turn it into 8-bit pixels.
+
+Public API (docs/ARCHITECTURE.md); never imports model_runtime: the model gets a (H, W) uint8 array.
+"""
+from .errors import (ImagingError, ImagingUnavailable, NoFrontalRadiograph, StudyNotFound, UndecodableImage,
+                     UnsupportedImage)
+from .locate import locate_studies
+from .pixels import MAX_PIXELS, to_display_8bit
+from .radiograph import fetch_radiograph, find_radiograph, read_radiograph
+from .select import select_frontal
+from .sources import DicomWebSource, FolderSource, ImageSource
+from .values import RadiographImage, Selection, StudyMatch
+
+__all__ = [
+    "ImageSource", "DicomWebSource", "FolderSource", "RadiographImage", "StudyMatch", "Selection",
+    "locate_studies", "select_frontal", "fetch_radiograph", "find_radiograph", "read_radiograph",
+    "to_display_8bit", "MAX_PIXELS",
+    "ImagingError", "StudyNotFound", "NoFrontalRadiograph", "UnsupportedImage", "UndecodableImage",
+    "ImagingUnavailable",
+]

@@ -1,0 +1,192 @@
+"""From a study (or a file) to the :class:`RadiographImage` the model gets: locate, select, fetch, decode."""
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from .errors import ImagingUnavailable, NoFrontalRadiograph, StudyNotFound, UnsupportedImage
+from .locate import locate_studies, parse_da
+from .pixels import MAX_PIXELS, render
+from .select import FILE_EXCLUSIONS, classify, select_frontal
+from .sources import ImageSource, parse_dicom
+from .values import RadiographImage, Selection, StudyMatch
+
+
+def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            if value is not None and len(value) == 2:
+                spacing = (float(value[0]), float(value[1]))     # (row, column) spacing, mm
+                if spacing[0] <= 0 or spacing[1] <= 0:
+                    continue                                      # "0\\0" is written by some CR readers
+                note = None if keyword == "PixelSpacing" else "pixel spacing from ImagerPixelSpacing (at the detector)"
+                return spacing, note
+        except (TypeError, ValueError):
+            continue
+    return None, None
+
+
+def _radiograph(ds: Dataset, *, what: str, view: str | None, reason: str | None,
+                bytes_transferred: int | None, max_pixels: int, extra_notes: tuple[str, ...] = ()
+                ) -> RadiographImage:
+    pixels, notes = render(ds, max_pixels=max_pixels, what=what)      # (H, W) uint8 MONOCHROME2
+    spacing, spacing_note = _spacing(ds)
+    view_position = str(ds.get("ViewPosition") or "").strip().upper() or (view if view in ("PA", "AP") else None)
+    laterality = str(ds.get("ImageLaterality") or ds.get("Laterality") or "").strip().upper() or None
+    return RadiographImage(
+        pixels=pixels,
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        accession_number=str(ds.get("AccessionNumber") or "") or None,
+        study_date=parse_da(ds.get("StudyDate")),
+        view_position=view_position,
+        laterality=laterality,
+        pixel_spacing=spacing,
+        modality=str(ds.get("Modality") or "") or None,
+        selection_reason=reason,
+        bytes_transferred=bytes_transferred,
+        notes=tuple(extra_notes) + notes + ((spacing_note,) if spacing_note else ()),
+    )
+
+
+def fetch_radiograph(source: ImageSource, study: StudyMatch | str, selection: Selection, *,
+                     max_pixels: int = MAX_PIXELS) -> RadiographImage:
+    """WADO-RS of the selected instance only (as stored, no transcoding), decoded for display.
+
+    Parameters
+    ----------
+    source
+        A DICOMweb or folder source.
+    study
+        The :class:`StudyMatch` (or StudyInstanceUID) the selection belongs to.
+    selection
+        From :func:`select_frontal`.
+    max_pixels
+        Pixel-count limit per frame (decompression-bomb guard).
+
+    Returns
+    -------
+    RadiographImage
+        With ``bytes_transferred`` measured on the wire (or file size for a folder).
+
+    Raises
+    ------
+    ImagingUnavailable, StudyNotFound, UnsupportedImage, UndecodableImage
+    """
+    study_uid = study.study_instance_uid if isinstance(study, StudyMatch) else str(study)
+    retrieved = source.retrieve_instance(study_uid, selection.series_instance_uid, selection.sop_instance_uid)
+    ds = retrieved.dataset
+    if str(ds.get("SOPInstanceUID", "")) != selection.sop_instance_uid:
+        raise ImagingUnavailable(f"{source.name} returned instance {ds.get('SOPInstanceUID', '(none)')} when "
+                                 f"asked for {selection.sop_instance_uid}; check the PACS", code="pacs_wrong_instance")
+    return _radiograph(ds, what=f"instance {selection.sop_instance_uid}", view=selection.view,
+                       reason=selection.reason, bytes_transferred=retrieved.bytes_transferred,
+                       max_pixels=max_pixels)
+
+
+def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, study_instance_uid: str | None = None,
+                    accession_number: str | None = None, patient_id: str | None = None,
+                    date_range: tuple[date | None, date | None] | None = None) -> RadiographImage:
+    """Locate + select + fetch + decode: the newest matching study that has a frontal radiograph.
+
+    Parameters
+    ----------
+    source
+        A DICOMweb or folder source.
+    max_pixels
+        Pixel-count limit per frame.
+    study_instance_uid, accession_number, patient_id, date_range
+        As for :func:`locate_studies`.
+
+    Raises
+    ------
+    StudyNotFound
+        No study matches (the message names the criteria, never the PatientID).
+    NoFrontalRadiograph
+        Studies exist but none has a frontal CR/DX image (the newest study's message).
+    ImagingUnavailable, UnsupportedImage, UndecodableImage
+    """
+    studies = locate_studies(source, study_instance_uid=study_instance_uid, accession_number=accession_number,
+                             patient_id=patient_id, date_range=date_range)
+    if not studies:
+        asked = []
+        if study_instance_uid:
+            asked.append(f"StudyInstanceUID {study_instance_uid}")
+        if accession_number:
+            asked.append(f"AccessionNumber {accession_number}")
+        if patient_id:
+            asked.append("the given PatientID with CR/DX studies")   # the identifier itself stays out of logs
+        if date_range and (date_range[0] or date_range[1]):
+            lo, hi = date_range
+            span = f"{lo} to {hi}" if lo and hi else f"from {lo}" if lo else f"up to {hi}"
+            asked.append(f"StudyDate {span}")
+        raise StudyNotFound(f"no study in {source.name} matches {' and '.join(asked)}; "
+                            "the image may not be acquired yet, or is stored under another accession")
+    first_error: NoFrontalRadiograph | None = None
+    for study in studies:                          # newest first
+        try:
+            selection = select_frontal(source, study)
+        except (NoFrontalRadiograph, StudyNotFound) as exc:
+            if isinstance(exc, NoFrontalRadiograph) and first_error is None:
+                first_error = exc
+            continue
+        return fetch_radiograph(source, study, selection, max_pixels=max_pixels)
+    if first_error is not None:
+        if len(studies) > 1:
+            raise NoFrontalRadiograph(f"{first_error} (and none in {len(studies) - 1} older matching studies)")
+        raise first_error
+    raise StudyNotFound(f"the {len(studies)} matching studies in {source.name} hold no series",
+                        code="study_empty")
+
+
+def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXELS) -> RadiographImage:
+    """A local DICOM file (or its bytes) as a :class:`RadiographImage` (what ``cxr-cds analyze FILE`` uses).
+
+    The same metadata rules as for a PACS study apply, laxer on what the user chose explicitly: a
+    secondary capture or an image without view information is accepted with a note; CT/MR/SR/PR,
+    localisers, other body parts and lateral/oblique/decubitus views are refused.
+
+    Raises
+    ------
+    StudyNotFound
+        The path does not exist.
+    UnsupportedImage
+        Not a radiograph (e.g. CT), or no pixel data, or over the pixel limit.
+    NoFrontalRadiograph
+        A lateral (oblique, decubitus) view, a localiser or a non-chest radiograph.
+    UndecodableImage
+        Not DICOM, truncated, corrupt, or no decoder for its transfer syntax.
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        data, what = bytes(path_or_bytes), "DICOM bytes"
+    else:
+        path = Path(path_or_bytes)
+        what = f"file {path.name}"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StudyNotFound(f"{path} does not exist", code="file_not_found") from exc
+        except OSError as exc:
+            raise ImagingUnavailable(f"cannot read {path} ({exc.strerror})", code="file_unreadable") from exc
+    ds = parse_dicom(data, what=what)
+    if "SOPClassUID" not in ds and "PixelData" not in ds:
+        raise UnsupportedImage(f"{what} is not a DICOM image (no SOP Class UID, no Pixel Data)", code="not_dicom")
+    verdict = classify(ds, FILE_EXCLUSIONS)
+    if verdict.view is None:
+        if verdict.excluded and "Modality" in verdict.evidence:
+            raise UnsupportedImage(f"{what} is a {verdict.label} image ({verdict.evidence}), not a chest "
+                                   "radiograph; give a frontal CR/DX chest image", code="not_a_radiograph")
+        raise NoFrontalRadiograph(f"{what}: not a frontal chest radiograph ({verdict.label}, by {verdict.evidence}); "
+                                  "give a PA or AP chest image")
+    notes = ()
+    if str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.7"):
+        notes = ("secondary capture: a copy of an image, quality may be reduced",)
+    reason = f"local file; {verdict.view} by {verdict.evidence}" if verdict.view != "UNKNOWN" else \
+        "local file; view not recorded, assumed frontal"
+    return _radiograph(ds, what=what, view=verdict.view, reason=reason, bytes_transferred=len(data),
+                       max_pixels=max_pixels, extra_notes=notes)

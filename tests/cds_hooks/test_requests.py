@@ -1,0 +1,201 @@
+"""Checklist items 9-19, 44 and 63, the section 7.2 examples, and issue 2's bad-input answers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cds_hooks.services import candidate_orders, is_chest_xray, parse_request, SERVICES_BY_ID
+from cds_hooks.settings import DEFAULT_CXR_CODES
+from cds_hooks.errors import BadRequest
+from tests.cds_hooks.checks import check_response
+from tests.cds_hooks.conftest import PRIOR_UID, cxr_order, hook_request, patient
+
+SIGN = "/cds-services/cxr-ai-order-sign"
+SELECT = "/cds-services/cxr-ai-order-select"
+
+
+def _diagnostics(r) -> str:
+    body = r.get_json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["severity"] == "error"   # 43
+    return body["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ("{not json", "request body is not a JSON object"),
+    ("[1, 2]", "request body is not a JSON object"),
+    (json.dumps({"hookInstance": "x", "context": {}}), "missing hook, context"),
+    (json.dumps({"hook": "order-sign", "context": {"patientId": "p"}}), "missing hookInstance"),
+    (json.dumps({"hook": "order-select", "hookInstance": "x", "context": {"patientId": "p"}}),
+     "serves hook 'order-sign', not 'order-select'"),                                              # 10
+    (json.dumps({"hook": "order-sign", "hookInstance": "x", "context": {"userId": "Practitioner/1"}}),
+     "order-sign context is missing patientId, draftOrders"),
+    (json.dumps({"hook": "order-sign", "hookInstance": "x", "fhirAuthorization": {"access_token": "t"},
+                 "context": {"userId": "u", "patientId": "p", "draftOrders": {}}}),
+     "fhirAuthorization is present but fhirServer is missing"),                                   # 11
+    (json.dumps({"hook": "order-sign", "hookInstance": "x", "fhirServer": "ehr",
+                 "context": {"userId": "u", "patientId": "p", "draftOrders": {}}}),
+     "fhirServer must be an absolute URL"),
+    (json.dumps({"hook": "order-sign", "hookInstance": "x", "prefetch": [],
+                 "context": {"userId": "u", "patientId": "p", "draftOrders": {}}}),
+     "prefetch must be an object"),
+])
+def test_bad_requests_are_400_operation_outcome(client, data, message):
+    r = client.post(SIGN, data=data, content_type="application/json")                             # 9
+    assert r.status_code == 400 and r.mimetype == "application/json"
+    assert message in _diagnostics(r)
+
+
+def test_parse_request_errors_directly():
+    with pytest.raises(BadRequest, match="fhirAuthorization must be an object with an access_token"):
+        parse_request(SERVICES_BY_ID["cxr-ai-order-sign"], {
+            "hook": "order-sign", "hookInstance": "x", "fhirServer": "https://e", "fhirAuthorization": "t",
+            "context": {"userId": "u", "patientId": "p", "draftOrders": {}}})
+    with pytest.raises(BadRequest, match="context.patientId must be a string"):
+        parse_request(SERVICES_BY_ID["cxr-ai-order-sign"], {
+            "hook": "order-sign", "hookInstance": "x", "context": {"userId": "u", "patientId": 7, "draftOrders": {}}})
+    with pytest.raises(BadRequest, match="hook and hookInstance must be strings and context an object"):
+        parse_request(SERVICES_BY_ID["cxr-ai-order-sign"], {"hook": "order-sign", "hookInstance": "x", "context": [1]})
+
+
+def test_charset_content_type_is_accepted(client):
+    body = hook_request("order-sign", "p", [], prefetch={"patient": patient("p", "M")})
+    r = client.post(SIGN, data=json.dumps(body), content_type="application/json;charset=utf-8")
+    assert r.status_code == 200 and r.get_json() == {"cards": []}
+
+
+def test_chest_xray_recognition():
+    assert is_chest_xray(cxr_order("a", "p"), DEFAULT_CXR_CODES)
+    assert is_chest_xray(cxr_order("a", "p", code=("http://loinc.org", "36643-5")), DEFAULT_CXR_CODES)
+    assert not is_chest_xray(cxr_order("a", "p", code=("http://loinc.org", "58410-2")), DEFAULT_CXR_CODES)
+    assert not is_chest_xray(cxr_order("a", "p", code=("http://snomed.info/sct", "71046")), DEFAULT_CXR_CODES)
+    assert not is_chest_xray({"resourceType": "ServiceRequest", "code": {"coding": [{}]}}, DEFAULT_CXR_CODES)
+    assert not is_chest_xray({"resourceType": "ServiceRequest"}, DEFAULT_CXR_CODES)
+    # a configurable demo code (the sandbox offers CT codes only), with any system
+    assert is_chest_xray(cxr_order("a", "p", code=("http://www.ama-assn.org/go/cpt", "71250")), ("71250",))
+
+
+def test_order_select_evaluates_only_selections():
+    orders = [cxr_order("sr-1", "p"), cxr_order("sr-2", "p")]
+    select = SERVICES_BY_ID["cxr-ai-order-select"]
+    req = parse_request(select, hook_request("order-select", "p", orders, selections=["ServiceRequest/sr-2"]))
+    assert [o["id"] for o in candidate_orders(req)] == ["sr-2"]                                   # 14
+    req = parse_request(select, hook_request("order-select", "p", orders,
+                                              selections=["https://ehr/fhir/ServiceRequest/sr-1"]))
+    assert [o["id"] for o in candidate_orders(req)] == ["sr-1"]
+    req = parse_request(select, hook_request("order-select", "p", orders))                        # 15
+    assert candidate_orders(req) == []
+    sign = SERVICES_BY_ID["cxr-ai-order-sign"]
+    orders[1]["status"] = "active"                                                                # 16
+    req = parse_request(sign, hook_request("order-sign", "p", orders + [{"resourceType": "MedicationRequest"}]))
+    assert [o["id"] for o in candidate_orders(req)] == ["sr-1", "sr-2"]
+
+
+def test_unselected_chest_xray_gets_no_card(make_app):
+    app = make_app()
+    body = hook_request("order-select", "pat-77", [cxr_order("sr-1", "pat-77"), cxr_order("sr-2", "pat-77")],
+                        selections=["MedicationRequest/mr-1"], prefetch={"patient": patient("pat-77", "MRN0077")})
+    r = app.test_client().post(SELECT, json=body)
+    assert r.status_code == 200 and r.get_json() == {"cards": []}                                 # 14
+    del body["context"]["selections"]
+    r = app.test_client().post(SELECT, json=body)
+    assert r.status_code == 200 and r.get_json() == {"cards": []}                                 # 15
+    assert app.generate.calls == 0
+
+
+def test_example_a_order_select_with_partial_prefetch(make_app, examples):
+    app = make_app(deadline_s=30)
+    r = app.test_client().post(SELECT, json=examples["A"])
+    assert r.status_code == 200
+    cards = check_response(r.get_json())
+    # no AccessionNumber on sr-cxr-1: the card is about pat-42's most recent radiograph, as a prior
+    assert len(cards) == 1 and cards[0]["summary"].startswith("Prior chest X-ray 2026-11-28")
+    assert "suggestions" not in cards[0] and cards[0]["indicator"] == "info"
+    assert "PRIOR study from 2026-11-28" in cards[0]["detail"]
+
+
+def test_example_b_order_sign_without_patient_is_412(client, examples):
+    r = client.post(SIGN, json=examples["B"])
+    assert r.status_code == 412
+    assert "the Patient (Patient/{{context.patientId}}) is required" in _diagnostics(r)
+
+
+def test_example_c_sandbox_pama_payload(client, examples):
+    r = client.post(SELECT, json=examples["C"])                                                   # 18
+    assert r.status_code == 200 and r.get_json() == {"cards": []}
+
+
+def test_tolerant_of_unknown_fields_bundle_shapes_and_hook_instances(make_app):
+    app = make_app(deadline_s=30)
+    client = app.test_client()
+    order = cxr_order("sr-1", "http://ehr.example.org/fhir/Patient/pat-77")                       # 17: absolute ref
+    order["subject"] = {"reference": "http://ehr.example.org/fhir/Patient/pat-77"}
+    plain = hook_request("order-sign", "pat-77", [order, {"resourceType": "NutritionOrder", "id": "n"}],
+                         prefetch={"patient": patient("pat-77", "MRN0077")})
+    noisy = json.loads(json.dumps(plain))
+    noisy.update(user="Practitioner/x", patient="pat-77", redirect="http://x", extension={"a.b": 1})  # 13
+    noisy["context"]["extension"] = {"com.example": True}
+    noisy["hookInstance"] = "another-instance"                                                    # 19
+    noisy["context"]["draftOrders"]["type"] = "collection"
+    first, second = client.post(SIGN, json=plain), client.post(SIGN, json=noisy)
+    assert first.status_code == second.status_code == 200
+    strip = lambda cards: [{k: v for k, v in c.items() if k not in ("uuid",)} for c in cards]
+    one, two = check_response(first.get_json()), check_response(second.get_json())
+    assert strip(one) == strip(two) and len(one) == 1
+    assert PRIOR_UID in one[0]["detail"]
+    assert app.generate.calls == 1
+
+
+def test_request_size_limit_is_413(make_app):
+    client = make_app(max_request_bytes=4096).test_client()
+    big = hook_request("order-sign", "p", [], prefetch={"patient": patient("p", "M"), "pad": "x" * 5000})
+    r = client.post(SIGN, json=big)                                                                # 63
+    assert r.status_code == 413 and "413" in _diagnostics(r)
+    small = hook_request("order-sign", "p", [], prefetch={"patient": patient("p", "M"), "pad": "x" * 2000})
+    assert client.post(SIGN, json=small).status_code == 200
+
+
+def test_unknown_study_gives_no_card(client):
+    body = hook_request("order-sign", "pat-0", [cxr_order("sr-1", "pat-0", accession="ACC-NOPE")],
+                        prefetch={"patient": patient("pat-0", "MRN-NOPE")})
+    r = client.post(SIGN, json=body)
+    assert r.status_code == 200 and r.get_json() == {"cards": []}
+
+
+def test_study_without_frontal_view_gets_an_explanatory_card(client):
+    body = hook_request("order-sign", "pat-99", [cxr_order("sr-1", "pat-99", accession="ACC0099")],
+                        prefetch={"patient": patient("pat-99", "MRN0099")})
+    r = client.post(SIGN, json=body)
+    assert r.status_code == 200
+    (card,) = check_response(r.get_json())
+    assert card["indicator"] == "info" and "no_frontal_radiograph" in card["summary"]
+    assert "suggestions" not in card
+
+
+def test_model_crash_gives_an_explanatory_card(make_app, engine):
+    from tests.cds_hooks.conftest import CountingGenerate
+
+    generate = CountingGenerate(engine)
+    generate.fail = RuntimeError("CUDA error: device-side assert triggered")
+    client = make_app(generate=generate, deadline_s=30).test_client()
+    body = hook_request("order-sign", "pat-42", [cxr_order("sr-1", "pat-42", accession="ACC0042")],
+                        prefetch={"patient": patient("pat-42", "MRN0042")})
+    r = client.post(SIGN, json=body)                                                               # 44
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    (card,) = check_response(r.get_json())
+    assert card["summary"] == "No AI draft: the analysis failed (RuntimeError)"
+    assert "CUDA" not in card["detail"]
+
+
+def test_archive_down_gives_an_explanatory_card(make_app):
+    from imaging import DicomWebSource
+
+    source = DicomWebSource.from_url("http://127.0.0.1:9/dicom-web", timeout_s=1, retries=0)
+    client = make_app(source=source).test_client()
+    body = hook_request("order-sign", "pat-42", [cxr_order("sr-1", "pat-42", accession="ACC0042")],
+                        prefetch={"patient": patient("pat-42", "MRN0042")})
+    r = client.post(SIGN, json=body)
+    assert r.status_code == 200
+    (card,) = check_response(r.get_json())
+    assert card["summary"].startswith("No AI draft: imaging problem (")
+    assert "is unreachable" in card["detail"] and "check that the PACS is running" in card["detail"]

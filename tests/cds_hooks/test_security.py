@@ -1,0 +1,182 @@
+"""Checklist items 49-57 and 59-60: JWT verification and CORS, through the Flask test client.
+
+A JWKS endpoint runs on loopback; a second one, not on the allowlist, proves that a token's
+attacker-chosen ``jku`` is never fetched.
+"""
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from tests.cds_hooks.conftest import hook_request, mint, patient
+from tests.cds_hooks.loopback import LoopbackServer
+
+ISS = "https://ehr.example.org"
+OOB_ISS = "https://oob.example.org"
+BASE = "https://cds.example.org"
+SIGN = f"{BASE}/cds-services/cxr-ai-order-sign"
+
+
+@pytest.fixture
+def jwks_servers(keys):
+    good, evil = LoopbackServer(), LoopbackServer()
+    good.routes["/jwks.json"] = (200, {"keys": [keys["es"][1]]})
+    evil.routes["/jwks.json"] = (200, {"keys": [keys["es"][1], keys["es2"][1]]})
+    yield good, evil
+    good.close()
+    evil.close()
+
+
+@pytest.fixture
+def secure(make_app, jwks_servers, keys):
+    good, _ = jwks_servers
+    issuers = {ISS: {"jku": [f"{good.url}/jwks.json"]}, OOB_ISS: {"jwks": {"keys": [keys["rs"][1]]}},
+               "https://manual-aud.example.org": {"jwks": {"keys": [keys["rs"][1]]}, "audiences": ["sand_man"]}}
+    app = make_app(auth="jwt", trusted_issuers=issuers, jwks_refresh_min_s=3600)
+    return app, app.test_client()
+
+
+def _body():
+    # no chest X-ray order: a valid call that needs nothing else
+    return hook_request("order-sign", "pat-1", [], prefetch={"patient": patient("pat-1", "MRN-NONE")})
+
+
+def _post(client, token=None, url="/cds-services/cxr-ai-order-sign", body=None, scheme="Bearer"):
+    headers = {"Authorization": f"{scheme} {token}"} if token else {}
+    return client.post(url, json=body or _body(), headers=headers)
+
+
+def _es(keys, jwks_servers, **kw):
+    kw.setdefault("jku", f"{jwks_servers[0].url}/jwks.json")
+    kw.setdefault("aud", SIGN)
+    return mint(keys["es"][0], **kw)
+
+
+def test_valid_es384_and_rs384_tokens_are_accepted(secure, keys, jwks_servers):
+    app, client = secure
+    assert _post(client, _es(keys, jwks_servers)).status_code == 200                  # 55
+    rs = mint(keys["rs"][0], alg="RS384", kid="rs-1", iss=OOB_ISS, aud=SIGN)          # out-of-band JWKS
+    assert _post(client, rs).status_code == 200
+    assert _post(client, _es(keys, jwks_servers, aud=[SIGN])).status_code == 200      # 52: one-element array
+
+
+def test_missing_or_non_bearer_authorization_is_401_without_detail(secure, keys, jwks_servers):
+    app, client = secure
+    for r in (_post(client), _post(client, _es(keys, jwks_servers), scheme="Basic")):  # 49
+        assert r.status_code == 401 and r.data == b""                                 # 57
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+    r = client.post("/cds-services/cxr-ai-order-sign/feedback", json={"feedback": []})
+    assert r.status_code == 401 and r.data == b""
+
+
+def test_alg_none_and_hs_tokens_are_refused(secure):
+    app, client = secure
+    claims = {"iss": ISS, "aud": SIGN, "exp": int(time.time()) + 300, "iat": int(time.time()), "jti": "n1"}
+    none_token = jwt.encode(claims, None, algorithm="none", headers={"kid": "es-1"})
+    hs_token = jwt.encode({**claims, "jti": "h1"}, "a-shared-secret-long-enough-for-hs384-" * 2, algorithm="HS384",
+                          headers={"kid": "es-1"})
+    for token in (none_token, hs_token):                                              # 50
+        r = _post(client, token)
+        assert r.status_code == 401 and r.data == b""
+
+
+def test_untrusted_keys_issuers_and_jku_are_refused(secure, keys, jwks_servers):
+    app, client = secure
+    good, evil = jwks_servers
+    wrong_key = mint(keys["es2"][0], kid="es-1", aud=SIGN, jku=f"{good.url}/jwks.json")   # 51: not our key
+    unknown_kid = mint(keys["es"][0], kid="nope", aud=SIGN, jku=f"{good.url}/jwks.json")
+    bad_iss = mint(keys["es"][0], iss="https://attacker.example", aud=SIGN, jku=f"{good.url}/jwks.json")
+    evil_jku = mint(keys["es2"][0], kid="es-2", aud=SIGN, jku=f"{evil.url}/jwks.json")
+    for token in (wrong_key, unknown_kid, bad_iss, evil_jku):
+        assert _post(client, token).status_code == 401
+    assert evil.requests == []                                  # no fetch from a non-allowlisted jku
+
+
+def test_audience_must_be_the_invoked_url(secure, keys, jwks_servers):
+    app, client = secure
+    assert _post(client, _es(keys, jwks_servers, aud=f"{BASE}/cds-services/cxr-ai-order-select")).status_code == 401
+    assert _post(client, _es(keys, jwks_servers, aud="sand_man")).status_code == 401
+    # trailing slash and doubled slashes (sandbox with a typed trailing slash) are normalised
+    assert _post(client, _es(keys, jwks_servers, aud=f"{BASE}/cds-services//cxr-ai-order-sign/")).status_code == 200
+    # an EHR with a manually configured aud, allowed for that issuer only
+    manual = mint(keys["rs"][0], alg="RS384", kid="rs-1", iss="https://manual-aud.example.org", aud="sand_man")
+    assert _post(client, manual).status_code == 200
+    fb = _es(keys, jwks_servers, aud=f"{SIGN}/feedback")                              # 52: feedback aud
+    r = client.post("/cds-services/cxr-ai-order-sign/feedback", headers={"Authorization": f"Bearer {fb}"},
+                    json={"feedback": [{"card": "c-1", "outcome": "overridden",
+                                        "outcomeTimestamp": "2026-11-28T10:00:00Z"}]})
+    assert r.status_code == 200
+
+
+def test_expiry_and_issued_at_with_leeway(secure, keys, jwks_servers):
+    app, client = secure
+    assert _post(client, _es(keys, jwks_servers, exp_in=-120)).status_code == 401      # 53
+    assert _post(client, _es(keys, jwks_servers, exp_in=-30)).status_code == 200       # inside 60 s leeway
+    assert _post(client, _es(keys, jwks_servers, iat_in=600)).status_code == 401       # issued in the future
+    no_jti = jwt.encode({"iss": ISS, "aud": SIGN, "exp": int(time.time()) + 60, "iat": int(time.time())},
+                        keys["es"][0], algorithm="ES384",
+                        headers={"kid": "es-1", "jku": f"{jwks_servers[0].url}/jwks.json"})
+    assert _post(client, no_jti).status_code == 401
+
+
+def test_replayed_jti_is_refused_across_workers(make_app, tmp_path, keys, jwks_servers):
+    good, _ = jwks_servers
+    issuers = {ISS: {"jku": [f"{good.url}/jwks.json"]}}
+    shared_db = tmp_path / "shared.sqlite3"          # two "worker processes" share the store file
+    one = make_app(auth="jwt", trusted_issuers=issuers, db=shared_db).test_client()
+    two = make_app(auth="jwt", trusted_issuers=issuers, db=shared_db).test_client()
+    token = _es(keys, jwks_servers)
+    assert _post(one, token).status_code == 200
+    assert _post(one, token).status_code == 401                                        # 54
+    assert _post(two, token).status_code == 401
+
+
+def test_unknown_kid_refetches_once_then_rate_limits(secure, keys, jwks_servers):
+    app, client = secure
+    good, _ = jwks_servers
+    assert _post(client, _es(keys, jwks_servers)).status_code == 200
+    assert good.paths() == ["/jwks.json"]                                              # cached from now on
+    assert _post(client, _es(keys, jwks_servers)).status_code == 200
+    assert len(good.requests) == 1
+    good.routes["/jwks.json"] = (200, {"keys": [keys["es"][1], keys["es2"][1]]})       # the client rotates
+    rotated = mint(keys["es2"][0], kid="es-2", aud=SIGN, jku=f"{good.url}/jwks.json")
+    assert _post(client, rotated).status_code == 200                                   # 56
+    assert len(good.requests) == 2
+    forged = mint(keys["es"][0], kid="es-9", aud=SIGN, jku=f"{good.url}/jwks.json")
+    assert _post(client, forged).status_code == 401
+    assert len(good.requests) == 2                                                     # no second refetch
+
+
+def test_discovery_needs_no_token_and_analyze_does(secure):
+    app, client = secure
+    assert client.get("/cds-services").status_code == 200
+    r = client.post("/studies/1.2.3/analyze")
+    assert r.status_code == 401 and r.data == b""
+
+
+def test_cors_preflight_without_token_and_headers_on_errors(secure):
+    app, client = secure
+    for path in ("/cds-services", "/cds-services/cxr-ai-order-sign", "/cds-services/cxr-ai-order-sign/feedback"):
+        r = client.options(path, headers={"Origin": "https://sandbox.cds-hooks.org",       # 59
+                                          "Access-Control-Request-Method": "POST",
+                                          "Access-Control-Request-Headers": "authorization,content-type"})
+        assert 200 <= r.status_code < 300, path
+        assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+        assert "Content-Type" in r.headers["Access-Control-Allow-Headers"]
+        assert "GET" in r.headers["Access-Control-Allow-Methods"] and "POST" in r.headers["Access-Control-Allow-Methods"]
+    origin = {"Origin": "https://sandbox.cds-hooks.org"}
+    r = client.post("/cds-services/cxr-ai-order-sign", json=_body(), headers=origin)       # 60: 401
+    assert r.status_code == 401 and r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_cors_origin_allowlist(make_app):
+    client = make_app(cors_origins=("https://sandbox.cds-hooks.org",)).test_client()
+    r = client.post("/cds-services/cxr-ai-order-sign", data="not json",
+                    headers={"Origin": "https://sandbox.cds-hooks.org"})                    # 60: 400
+    assert r.status_code == 400
+    assert r.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
+    assert r.headers["Vary"] == "Origin"
+    r = client.get("/cds-services", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
