@@ -23,9 +23,9 @@ PREFIX = "CXR_CDS_"
 DEFAULT_CXR_CODES: tuple[str, ...] = (
     "http://loinc.org|36643-5",   # XR Chest 2 Views
     "http://loinc.org|36554-4",   # XR Chest Single view
-    "http://loinc.org|42272-5",   # XR Chest PA
+    "http://loinc.org|42272-5",   # XR Chest PA and Lateral
     "http://loinc.org|24648-8",   # XR Chest PA upright
-    "http://loinc.org|36572-6",   # XR Chest AP and lateral
+    "http://loinc.org|36572-6",   # XR Chest AP
     "http://www.ama-assn.org/go/cpt|71045",
     "http://www.ama-assn.org/go/cpt|71046",
     "http://www.ama-assn.org/go/cpt|71047",

@@ -2,26 +2,44 @@
 
 Bounded queue (QueueFull), micro-batching (max_batch, batch_wait_ms), single-flight by key,
 per-request deadline (InferenceTimeout), out-of-memory retry with half the batch (then OutOfMemory).
+
+Yes/no scoring (``Engine.score_yes_no``) goes through the same queue and thread, so it never runs
+concurrently with a generation. A scoring job is one batched prefill of its own (all the questions
+on one image) and runs alone when it reaches the head of the queue; a generation batch being formed
+takes the generation requests behind it too (micro-batching is unchanged), so the job waits at most
+one batch longer. Out of memory while scoring: the questions in two halves, down to one at a time.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
 
 from model_runtime.errors import InferenceTimeout, ModelRuntimeError, OutOfMemory, QueueFull
-from model_runtime.types import GenerationRequest, GenerationResult
+from model_runtime.types import GenerationRequest, GenerationResult, PromptLike
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _ScoreJob:
+    """Yes/no questions on one image: one ``engine.score_yes_no`` call on the worker thread."""
+
+    image: np.ndarray               # (H, W) uint8, the same object for every question (one vision pass)
+    prompts: tuple[PromptLike, ...]
+
+
 @dataclass
 class _Item:
-    request: GenerationRequest
+    request: GenerationRequest | _ScoreJob
     future: Future
     key: str | None
     enqueued: float                 # time.monotonic()
@@ -33,7 +51,8 @@ class InferenceWorker:
 
     Parameters
     ----------
-    engine : Engine (or anything with ``generate(requests)`` and ``validate(request)``)
+    engine : Engine (or anything with ``generate(requests)``, ``validate(request)`` and, for
+        :meth:`score`, ``score_yes_no(image, prompts)``)
     max_queue : int
         Requests waiting at most; one more raises QueueFull.
     max_batch : int
@@ -51,7 +70,8 @@ class InferenceWorker:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
         self._queue: deque[_Item] = deque()
-        self._inflight: dict[str, Future] = {}
+        # single-flight: ("generate" | "score", key) -> the Future of the queued or running work
+        self._inflight: dict[tuple[str, str], Future] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -113,6 +133,45 @@ class InferenceWorker:
             The worker is not running.
         """
         self.engine.validate(request)
+        return self._enqueue(request, None if key is None else ("generate", key), timeout_s)
+
+    def submit_score(self, image: np.ndarray, prompts: Sequence[PromptLike], key: str | None = None,
+                     timeout_s: float | None = None) -> Future:
+        """Queue yes/no questions on one image; returns a Future of ``list[float]`` (P("Yes") per prompt).
+
+        The engine's ``score_yes_no`` runs on the worker thread, never at the same time as a generation.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            (H, W) uint8 grayscale, MONOCHROME2.
+        prompts : sequence of prompts
+            Yes/no questions, each with ``<image>`` (e.g. ``prompts.finding_questions().values()``).
+        key : str, optional
+            Single-flight key for scoring (its own key space: a generation with the same key is other work).
+        timeout_s : float, optional
+            Deadline: a job still queued past it fails with InferenceTimeout.
+
+        Raises
+        ------
+        InvalidRequest
+            The image or a prompt is malformed (checked now, not in the worker).
+        QueueFull
+            ``max_queue`` requests are already waiting.
+        ModelRuntimeError
+            The worker is not running.
+        """
+        prompts = tuple(prompts)
+        for prompt in prompts:
+            self.engine.validate(GenerationRequest(image, prompt))
+        if not prompts:
+            done: Future = Future()
+            done.set_result([])
+            return done
+        return self._enqueue(_ScoreJob(image, prompts), None if key is None else ("score", key), timeout_s)
+
+    def _enqueue(self, work: GenerationRequest | _ScoreJob, key: tuple[str, str] | None,
+                 timeout_s: float | None) -> Future:
         with self._cond:
             if self._thread is None or self._stopping:
                 raise ModelRuntimeError("the inference worker is not running; call start() first")
@@ -122,7 +181,7 @@ class InferenceWorker:
                 raise QueueFull(f"the inference queue is full ({self.max_queue} requests waiting); retry later")
             now = time.monotonic()
             future: Future = Future()
-            item = _Item(request, future, key, now, now + timeout_s if timeout_s is not None else None)
+            item = _Item(work, future, key, now, now + timeout_s if timeout_s is not None else None)
             if key is not None:
                 self._inflight[key] = future
                 future.add_done_callback(lambda _f, k=key: self._forget(k, _f))
@@ -141,7 +200,23 @@ class InferenceWorker:
                 "in the background and a later call with the same key gets it"
             ) from None
 
-    def _forget(self, key: str, future: Future) -> None:
+    def score(self, image: np.ndarray, prompts: Sequence[PromptLike], key: str | None = None,
+              timeout_s: float | None = None) -> list[float]:
+        """Submit yes/no questions and wait: P("Yes") vs "No" per prompt, as ``Engine.score_yes_no``.
+
+        Same errors as :meth:`submit_score`; InferenceTimeout past ``timeout_s`` (the work goes on),
+        OutOfMemory when even one question at a time does not fit.
+        """
+        future = self.submit_score(image, prompts, key=key, timeout_s=timeout_s)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise InferenceTimeout(
+                f"no scores within {timeout_s:g} s (queue depth {self.queue_depth}); the scoring continues "
+                "in the background and a later call with the same key gets it"
+            ) from None
+
+    def _forget(self, key: tuple[str, str], future: Future) -> None:
         with self._cond:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
@@ -153,13 +228,16 @@ class InferenceWorker:
                 self._cond.wait()
             if self._stopping:
                 return []
-            first_seen = time.monotonic()
-            while len(self._queue) < self.max_batch and not self._stopping:
-                left = self.batch_wait_s - (time.monotonic() - first_seen)
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            if isinstance(self._queue[0].request, _ScoreJob):
+                batch = [self._queue.popleft()]          # a scoring job is a batch of its own
+            else:
+                first_seen = time.monotonic()
+                while self._generations_queued() < self.max_batch and not self._stopping:
+                    left = self.batch_wait_s - (time.monotonic() - first_seen)
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch = self._pop_generations(self.max_batch)
         now = time.monotonic()
         live = []
         for item in batch:
@@ -170,6 +248,21 @@ class InferenceWorker:
                 live.append(item)
         return live
 
+    def _generations_queued(self) -> int:
+        return sum(not isinstance(item.request, _ScoreJob) for item in self._queue)
+
+    def _pop_generations(self, n: int) -> list[_Item]:
+        """Take up to ``n`` generation requests in queue order; scoring jobs keep their places (under the lock)."""
+        taken: list[_Item] = []
+        kept: deque[_Item] = deque()
+        for item in self._queue:
+            if len(taken) < n and not isinstance(item.request, _ScoreJob):
+                taken.append(item)
+            else:
+                kept.append(item)
+        self._queue = kept
+        return taken
+
     def _loop(self) -> None:
         while True:
             batch = self._take_batch()
@@ -177,7 +270,39 @@ class InferenceWorker:
                 if self._stopping:
                     return
                 continue
-            self._run_batch(batch)
+            if isinstance(batch[0].request, _ScoreJob):
+                self._run_score(batch[0])
+            else:
+                self._run_batch(batch)
+
+    def _run_score(self, item: _Item) -> None:
+        job = item.request
+        try:
+            probs = self._score(job.image, list(job.prompts))
+        except Exception as exc:  # a failed job fails its request, never the worker
+            if not isinstance(exc, OutOfMemory):
+                log.exception("scoring failed for %d questions", len(job.prompts))
+            self._fail(item, exc)
+            return
+        item.future.set_result(probs)
+
+    def _score(self, image: np.ndarray, prompts: list[PromptLike]) -> list[float]:
+        """``score_yes_no``; on out-of-memory, the questions in two halves (down to one at a time)."""
+        try:
+            return [float(p) for p in self.engine.score_yes_no(image, prompts)]
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            _release_cached_memory()
+            if len(prompts) == 1:
+                if isinstance(exc, OutOfMemory):
+                    raise
+                raise OutOfMemory("out of device memory scoring 1 yes/no question on one image; "
+                                  "use 4bit quantization or a larger device") from exc
+            half = len(prompts) // 2
+            log.warning("out of memory scoring %d questions; retrying as %d + %d",
+                        len(prompts), half, len(prompts) - half)
+            return self._score(image, prompts[:half]) + self._score(image, prompts[half:])
 
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.monotonic()
@@ -206,3 +331,17 @@ class InferenceWorker:
         if not item.future.done():
             if item.future.running() or item.future.set_running_or_notify_cancel():
                 item.future.set_exception(exc)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Our OutOfMemory, or torch's (``Engine.score_yes_no`` lets ``torch.OutOfMemoryError`` through)."""
+    if isinstance(exc, OutOfMemory):
+        return True
+    torch: Any = sys.modules.get("torch")      # imported by the engine already; never imported here
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def _release_cached_memory() -> None:
+    torch: Any = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
