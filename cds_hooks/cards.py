@@ -120,6 +120,27 @@ def _findings_lines(findings: Any) -> str:
     return "\n".join(lines) or "- No finding was named in the generated report."
 
 
+SCORES_HEADING = ("**Model probabilities** (the model's P(yes) to one yes/no question per finding; "
+                  "uncalibrated model outputs, not a risk of disease):")
+_IN_REPORT = {"present": "present in report", "absent": "absent in report",
+              "uncertain": "uncertain in report", "not_mentioned": "not mentioned in report"}
+
+
+def _scores_lines(findings: Any, scores: Mapping[str, float] | None) -> str:
+    """Each primary finding with a score: its presence in the report and the model's P(yes); "" if none."""
+    lines = []
+    for name in PRIMARY_FINDINGS:
+        if not scores or scores.get(name) is None:
+            continue
+        try:
+            presence = findings[name].presence
+        except KeyError:
+            presence = "not_mentioned"
+        lines.append(f"- {_label(name).capitalize()}: {_IN_REPORT.get(presence, presence)}; "
+                     f"model P(yes) {float(scores[name]):.2f}")
+    return SCORES_HEADING + "\n" + "\n".join(lines) if lines else ""
+
+
 def _model_line(model: Mapping[str, Any]) -> str:
     return (f"Model {model.get('name')} (revision {model.get('revision') or 'unpinned'}, "
             f"{model.get('dtype') or 'default dtype'}, quantization {model.get('quantization') or 'none'}); "
@@ -165,6 +186,7 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
         DISCLAIMER,
         f"**Study read:** {_study_line(study)}",
         "**Findings (from the generated report):**\n" + _findings_lines(findings),
+        _scores_lines(findings, getattr(analysis, "scores", None)),
         f"**Generated report:** {markdown_text(analysis.report_text)}" if analysis.report_text.strip() else "",
         _model_line(analysis.model),
     ])
@@ -199,12 +221,13 @@ def prior_card(analysis: Any, cfg: CardSettings, *, latest: bool = False) -> dic
     intro = ("This is the patient's most recent chest radiograph on file."
              if latest else f"**This is a PRIOR study from {when}, not the study just ordered**, "
                             "which has not been acquired yet.")
-    detail = "\n\n".join([
+    detail = "\n\n".join(p for p in [
         DISCLAIMER, intro,
         f"**Study read:** {_study_line(study)}",
         "**Findings (from the generated report):**\n" + _findings_lines(findings),
+        _scores_lines(findings, getattr(analysis, "scores", None)),
         _model_line(analysis.model),
-    ])
+    ] if p)
     return {
         "uuid": str(uuid.uuid4()),
         "summary": summary,

@@ -84,6 +84,7 @@ class Analyzer:
         return plan
 
     def key(self, plan: Plan, context: ClinicalContext) -> str:
+        """The analysis key; the same with scores on or off (scores are stored with it; see ``Runtime``)."""
         return analysis_key(plan, self.runtime.model_identity, self.settings.template, context)
 
     def stored(self, plan: Plan, context: ClinicalContext) -> Obtained | None:
@@ -125,8 +126,12 @@ class Analyzer:
         # Stored analyses carry no patient or encounter reference: the hook adds them to its own
         # copy of the DiagnosticReport, so one stored draft serves every caller and holds no identifier.
         try:
+            # per-finding scores ride on the same worker; a scoring error fails the analysis like a
+            # generation error would (the next call retries): one stored analysis, scores included
             analysis = run_analysis(self.runtime.source, plan, context=context, generate=self._generate,
-                                    template=self.settings.template, settings=self._generation)
+                                    template=self.settings.template, settings=self._generation,
+                                    score=self.runtime.score, max_pixels=self.settings.max_pixels,
+                                    min_short_edge=self.settings.decode_min_short_edge or None)
         except Exception as e:
             self.metrics.analyses.labels("error").inc()
             log.warning("analysis of study %s failed: %s: %s", plan.study.study_instance_uid,

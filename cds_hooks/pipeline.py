@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from fhir_mapping import DraftInputs, OrderInfo, build_draft
 from imaging import (
+    MAX_PIXELS,
     ImageSource,
     RadiographImage,
     Selection,
@@ -147,11 +148,18 @@ def run_analysis(
     template: str = DEFAULT_TEMPLATE,
     settings: GenerationSettings | None = None,
     score: Score | None = None,
+    max_pixels: int = MAX_PIXELS,
+    min_short_edge: int | None = None,
     now: datetime | None = None,
 ) -> Analysis:
-    """Fetch the planned instance (WADO-RS, one instance) and analyse it; see `analyze_image`."""
+    """Fetch the planned instance (WADO-RS, one instance) and analyse it; see `analyze_image`.
+
+    `max_pixels` refuses larger images (decompression bombs); `min_short_edge` lets JPEG 2000 be
+    decoded at a reduced resolution whose short edge is still at least that many pixels.
+    """
     t0 = time.perf_counter()
-    image = fetch_radiograph(source, plan.study, plan.selection)
+    image = fetch_radiograph(source, plan.study, plan.selection, max_pixels=max_pixels,
+                             min_short_edge=min_short_edge)
     fetch_ms = (time.perf_counter() - t0) * 1000.0
     analysis = analyze_image(
         image,
@@ -163,6 +171,7 @@ def run_analysis(
         template=template,
         settings=settings,
         score=score,
+        view_count=len(plan.selection.considered) or None,
         now=now,
     )
     analysis.timings["fetch_decode_ms"] = round(fetch_ms, 1)
@@ -180,6 +189,7 @@ def analyze_image(
     template: str = DEFAULT_TEMPLATE,
     settings: GenerationSettings | None = None,
     score: Score | None = None,
+    view_count: int | None = None,
     now: datetime | None = None,
 ) -> Analysis:
     """Run the model on one 8-bit radiograph and turn its report into coded findings and a FHIR draft.
@@ -198,6 +208,8 @@ def analyze_image(
         Prompt template id with version, e.g. ``"report_context.v1"``.
     score : callable, optional
         `(image, prompts) -> P(yes)` per finding question; adds `scores` to the result.
+    view_count : int, optional
+        Images in the study; picks the report code (2 views / single view) when the order has none.
 
     Returns
     -------
@@ -215,11 +227,13 @@ def analyze_image(
     findings = extract_findings(result.text)
     timings["findings_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
 
+    model = dict(result.model)
     scores = None
     if score is not None:
         questions = finding_questions(context)
         probs = score(image.pixels, list(questions.values()))
         scores = {name: round(float(p), 4) for name, p in zip(questions, probs)}
+        model["scores_prompt"] = next(iter(questions.values())).key   # e.g. "finding_question.v1"
 
     t0 = time.perf_counter()
     draft_id = str(uuid.uuid4())
@@ -235,10 +249,11 @@ def analyze_image(
             order=order,
             patient_reference=patient_reference,
             encounter_reference=encounter_reference,
-            model=dict(result.model),
+            model=model,
             issued=issued,
             draft_id=draft_id,
             scores=scores,
+            view_count=view_count,
         )
     )
     timings["fhir_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
@@ -252,7 +267,7 @@ def analyze_image(
         bundle=bundle,
         diagnostic_report=report,
         study=study,
-        model=dict(result.model),
+        model=model,
         context_key=context.key(),
         timings=timings,
         scores=scores,

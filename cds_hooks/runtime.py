@@ -36,6 +36,18 @@ class Runtime:
         Requests waiting for the model (``InferenceWorker.queue_depth``), for metrics.
     close : callable, optional
         Stops what the factory started (the inference worker).
+    score : callable, optional
+        ``(image (H, W) uint8, prompts) -> list[float]``: P("Yes") vs "No" per yes/no question
+        (``InferenceWorker.score``, so scoring shares the worker thread with generation). None: no
+        per-finding scores (``CXR_CDS_SCORES=false``).
+
+    Notes
+    -----
+    Scores are part of the stored analysis, not of its key: the analysis key (instance, model,
+    prompt version, context) is the same with scores on or off, because scoring is deterministic
+    (no sampling) and does not change the generated report or its findings. Turning scores on therefore does not
+    recompute analyses already stored; those are shown without probabilities, and analyses made
+    from then on carry them.
     """
 
     source: Any
@@ -44,6 +56,7 @@ class Runtime:
     store: Store
     queue_depth: Callable[[], int] | None = None
     close: Callable[[], None] | None = None
+    score: Callable[..., Any] | None = None
 
 
 def identity_dict(identity: Any) -> dict:
@@ -54,12 +67,33 @@ def identity_dict(identity: Any) -> dict:
 
 
 def build_source(settings: Settings) -> Any:
-    """The image source: DICOMweb when ``CXR_CDS_DICOMWEB_URL`` is set, else the local folder."""
+    """The image source: DICOMweb when ``CXR_CDS_DICOMWEB_URL`` is set, else the local folder.
+
+    The DICOMweb source gets the PACS credentials (basic or bearer), ``dicomweb_timeout_s`` and
+    ``dicomweb_retries``. ``max_pixels`` and ``decode_min_short_edge`` are not properties of a source:
+    the caller passes them to ``imaging.fetch_radiograph(..., max_pixels=settings.max_pixels,
+    min_short_edge=settings.decode_min_short_edge or None)``.
+
+    Raises
+    ------
+    SettingsError
+        No source configured, or contradictory PACS credentials (named by variable, never by value).
+    """
     from imaging import DicomWebSource, FolderSource
 
     if settings.dicomweb_url:
+        names = {"username": env_name("dicomweb_username"), "password": env_name("dicomweb_password"),
+                 "bearer": env_name("dicomweb_bearer_token")}
+        if settings.dicomweb_bearer_token and (settings.dicomweb_username or settings.dicomweb_password):
+            raise SettingsError(f"set either {names['username']}/{names['password']} or {names['bearer']} "
+                                "for the PACS, not both")
+        if (settings.dicomweb_username is None) != (settings.dicomweb_password is None):
+            raise SettingsError(f"PACS basic authentication needs both {names['username']} and "
+                                f"{names['password']}; set both or neither")
         return DicomWebSource.from_url(settings.dicomweb_url, username=settings.dicomweb_username,
-                                       password=settings.dicomweb_password)
+                                       password=settings.dicomweb_password,
+                                       bearer_token=settings.dicomweb_bearer_token,
+                                       timeout_s=settings.dicomweb_timeout_s, retries=settings.dicomweb_retries)
     if settings.dicom_folder is None:
         raise SettingsError(f"no image source: set {env_name('dicomweb_url')} (a DICOMweb base URL) or "
                             f"{env_name('dicom_folder')} (a folder of .dcm files)")
@@ -68,6 +102,9 @@ def build_source(settings: Settings) -> Any:
 
 def build_runtime(settings: Settings) -> Runtime:
     """Open the image source, load the model, start its worker and open the store.
+
+    The worker serves both generation (``Runtime.generate``) and, when ``settings.scores``, the
+    per-finding yes/no scores (``Runtime.score``).
 
     Parameters
     ----------
@@ -96,4 +133,5 @@ def build_runtime(settings: Settings) -> Runtime:
     worker.start()
     log.info("model %s loaded; inference worker started", settings.model)
     return Runtime(source=source, generate=worker.run, model_identity=identity_dict(engine.identity),
-                   store=Store(settings.db), queue_depth=lambda: worker.queue_depth, close=worker.stop)
+                   store=Store(settings.db), queue_depth=lambda: worker.queue_depth, close=worker.stop,
+                   score=worker.score if settings.scores else None)

@@ -45,8 +45,15 @@ class Settings:
     # imaging source: DICOMweb if a URL is given, else the embedded local folder
     dicomweb_url: str | None = None
     dicomweb_username: str | None = None
-    dicomweb_password: str | None = None
+    dicomweb_password: str | None = field(default=None, repr=False)        # secrets stay out of repr/logs
+    dicomweb_bearer_token: str | None = field(default=None, repr=False)    # instead of username/password
+    dicomweb_timeout_s: float = 10.0               # connect and read timeout per PACS request
+    dicomweb_retries: int = 2                      # extra attempts on connection errors and 5xx, never 4xx
     dicom_folder: Path | None = None
+    max_pixels: int = field(default_factory=lambda: _imaging_max_pixels())   # decompression-bomb guard
+    # J2K/HTJ2K decoded at the coarsest resolution level with a short edge >= this (2 x the model's
+    # 512 px input, a margin for its LANCZOS resize); 0 = always full resolution
+    decode_min_short_edge: int = 1024
     # model
     model: str | None = None                       # local directory or hub id
     model_revision: str | None = None
@@ -54,6 +61,7 @@ class Settings:
     device: str = "auto"
     max_new_tokens: int = 256
     template: str = "report_context.v1"
+    scores: bool = True                            # per-finding P(yes) (finding_question.v1) with each analysis
     # service
     auth: str = "jwt"                              # jwt | none (development only)
     trusted_issuers: Mapping[str, Any] = field(default_factory=dict)
@@ -75,6 +83,11 @@ class Settings:
     poll_interval_s: float = 0.0                   # QIDO-RS polling for new CR/DX studies; 0 = off
     source_label: str = "CXR-LLAVA AI draft (cxr-cds)"
     source_url: str | None = None
+
+
+def _imaging_max_pixels() -> int:
+    from imaging import MAX_PIXELS
+    return MAX_PIXELS
 
 
 def _str(value: str) -> str | None:
@@ -185,6 +198,12 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "dicomweb_url": (_url, "an absolute URL, e.g. http://127.0.0.1:8042/dicom-web"),
     "dicomweb_username": (_str, "a user name"),
     "dicomweb_password": (_str, "a password"),
+    "dicomweb_bearer_token": (_str, "an OAuth2 access token for the PACS (instead of username/password)"),
+    "dicomweb_timeout_s": (_positive_float, "seconds per PACS request, e.g. 10"),
+    "dicomweb_retries": (_nonneg_int, "extra attempts on PACS connection errors and 5xx answers, e.g. 2; 0 = none"),
+    "max_pixels": (_positive_int, "the largest Rows x Columns decoded, e.g. 40000000"),
+    "decode_min_short_edge": (_nonneg_int, "pixels, e.g. 1024 (JPEG 2000 decoded at reduced resolution "
+                                           "down to this short edge); 0 = full resolution"),
     "dicom_folder": (_path, "a directory of .dcm files"),
     "model": (_str, "a local checkpoint directory or a hub id such as ECOFRI/CXR-LLAVA-v2"),
     "model_revision": (_str, "a hub revision (commit hash or tag)"),
@@ -192,6 +211,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "device": (_choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     "max_new_tokens": (_positive_int, "a positive integer, e.g. 256"),
     "template": (_str, "a prompt template key, e.g. report_context.v1"),
+    "scores": (_bool, "true or false (per-finding yes/no probabilities with each analysis)"),
     "auth": (_choice("jwt", "none"), "jwt (production) or none (development only)"),
     "trusted_issuers": (_issuers, 'a JSON object {"<iss>": {"jku": ["https://..."]}}'),
     "jwt_algorithms": (_algorithms, "a comma-separated list such as ES384,RS384"),

@@ -72,6 +72,10 @@ PRESENCE = {
     "uncertain": coding(SNOMED, "373068000", "Undetermined"),
 }
 
+# A finding the report does not mention but the yes/no question scored: the Observation carries the
+# probability component and no presence value.
+DATA_ABSENT_UNKNOWN = coding("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown", "Unknown")
+
 # --- Severity (Observation.component) --------------------------------------------------------------
 SEVERITY_ATTRIBUTE = coding(SNOMED, "246112005", "Severity")            # UNVERIFIED
 SEVERITY = {

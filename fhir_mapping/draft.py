@@ -180,7 +180,8 @@ def _device(model: Mapping[str, Any]) -> dict:
                 ("revision", str(model.get("revision") or "unpinned")),
                 ("quantization", str(model.get("quantization") or "none")),
                 ("dtype", str(model.get("dtype") or "")),
-                ("prompt", _prompt_key(model))]
+                ("prompt", _prompt_key(model)),
+                ("scores prompt", str(model.get("scores_prompt") or ""))]
     return {
         "resourceType": "Device",
         "extension": [{"url": codes.EXT_AI_KIND, "valueCodeableConcept": _concept(codes.AI_KIND_VLM)}],
@@ -207,7 +208,10 @@ def _observation(finding: Finding, inputs: DraftInputs) -> dict:
     if inputs.study_date is not None:
         obs["effectiveDateTime"] = _date_time(inputs.study_date)
     obs["issued"] = _instant(inputs.issued)
-    obs["valueCodeableConcept"] = _concept(codes.PRESENCE[finding.presence], finding.presence)
+    if finding.presence == "not_mentioned":   # only scored: no presence value to state
+        obs["dataAbsentReason"] = _concept(codes.DATA_ABSENT_UNKNOWN, "Not mentioned in the AI-generated report")
+    else:
+        obs["valueCodeableConcept"] = _concept(codes.PRESENCE[finding.presence], finding.presence)
     if finding.evidence:
         obs["note"] = [{"text": f"Evidence in the AI report: \"{finding.evidence}\""}]
     if finding.laterality:
@@ -286,7 +290,10 @@ def _presented_text(inputs: DraftInputs) -> str:
 
 def _diagnostic_report(inputs: DraftInputs, report_url: str) -> dict:
     mentioned = [f for f in inputs.findings.mentioned() if f.name in codes.FINDING_CODES]
-    observations = [_observation(f, inputs) for f in mentioned]
+    # one Observation per mentioned finding, and per finding only the yes/no question scored
+    scored = [f for f in inputs.findings if f.presence == "not_mentioned" and f.name in (inputs.scores or {})
+              and f.name in codes.FINDING_CODES]
+    observations = [_observation(f, inputs) for f in mentioned + scored]
     device = {"resourceType": "Device", "id": DEVICE_ID,
               **{k: v for k, v in _device(inputs.model).items() if k != "resourceType"}}
 

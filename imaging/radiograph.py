@@ -9,18 +9,19 @@ from pydicom.dataset import Dataset
 
 from .errors import ImagingUnavailable, NoFrontalRadiograph, StudyNotFound, UnsupportedImage
 from .locate import locate_studies, parse_da
-from .pixels import MAX_PIXELS, render
+from .pixels import MAX_PIXELS, render_reduced
 from .select import FILE_EXCLUSIONS, classify, select_frontal
 from .sources import ImageSource, parse_dicom
 from .values import RadiographImage, Selection, StudyMatch
 
 
-def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
+def _spacing(ds: Dataset, scale: int = 1) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) spacing in mm of the output pixels: the stored spacing x ``scale`` (2**reduction)."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
         try:
             if value is not None and len(value) == 2:
-                spacing = (float(value[0]), float(value[1]))     # (row, column) spacing, mm
+                spacing = (float(value[0]) * scale, float(value[1]) * scale)   # (row, column), mm
                 if spacing[0] <= 0 or spacing[1] <= 0:
                     continue                                      # "0\\0" is written by some CR readers
                 note = None if keyword == "PixelSpacing" else "pixel spacing from ImagerPixelSpacing (at the detector)"
@@ -31,10 +32,13 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
 
 
 def _radiograph(ds: Dataset, *, what: str, view: str | None, reason: str | None,
-                bytes_transferred: int | None, max_pixels: int, extra_notes: tuple[str, ...] = ()
-                ) -> RadiographImage:
-    pixels, notes = render(ds, max_pixels=max_pixels, what=what)      # (H, W) uint8 MONOCHROME2
-    spacing, spacing_note = _spacing(ds)
+                bytes_transferred: int | None, max_pixels: int, min_short_edge: int | None = None,
+                extra_notes: tuple[str, ...] = ()) -> RadiographImage:
+    pixels, notes, reduction = render_reduced(ds, max_pixels=max_pixels, what=what,
+                                              min_short_edge=min_short_edge)   # (H, W) uint8 MONOCHROME2
+    # A reduced J2K decode samples every 2**reduction-th stored pixel position (the wavelet low-pass
+    # band is centred on them), so the pitch of the output grid is the stored spacing x 2**reduction.
+    spacing, spacing_note = _spacing(ds, 1 << reduction)
     view_position = str(ds.get("ViewPosition") or "").strip().upper() or (view if view in ("PA", "AP") else None)
     laterality = str(ds.get("ImageLaterality") or ds.get("Laterality") or "").strip().upper() or None
     return RadiographImage(
@@ -55,7 +59,7 @@ def _radiograph(ds: Dataset, *, what: str, view: str | None, reason: str | None,
 
 
 def fetch_radiograph(source: ImageSource, study: StudyMatch | str, selection: Selection, *,
-                     max_pixels: int = MAX_PIXELS) -> RadiographImage:
+                     max_pixels: int = MAX_PIXELS, min_short_edge: int | None = None) -> RadiographImage:
     """WADO-RS of the selected instance only (as stored, no transcoding), decoded for display.
 
     Parameters
@@ -68,6 +72,10 @@ def fetch_radiograph(source: ImageSource, study: StudyMatch | str, selection: Se
         From :func:`select_frontal`.
     max_pixels
         Pixel-count limit per frame (decompression-bomb guard).
+    min_short_edge
+        Opt-in: decode JPEG 2000 / HTJ2K grayscale images at the coarsest resolution level whose short
+        edge is still >= this many pixels (e.g. 1024 = 2 x the model's 512 px input), with a note and
+        the pixel spacing scaled; other transfer syntaxes are unaffected. None or 0: full resolution.
 
     Returns
     -------
@@ -86,12 +94,13 @@ def fetch_radiograph(source: ImageSource, study: StudyMatch | str, selection: Se
                                  f"asked for {selection.sop_instance_uid}; check the PACS", code="pacs_wrong_instance")
     return _radiograph(ds, what=f"instance {selection.sop_instance_uid}", view=selection.view,
                        reason=selection.reason, bytes_transferred=retrieved.bytes_transferred,
-                       max_pixels=max_pixels)
+                       max_pixels=max_pixels, min_short_edge=min_short_edge)
 
 
-def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, study_instance_uid: str | None = None,
-                    accession_number: str | None = None, patient_id: str | None = None,
-                    date_range: tuple[date | None, date | None] | None = None) -> RadiographImage:
+def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_short_edge: int | None = None,
+                    study_instance_uid: str | None = None, accession_number: str | None = None,
+                    patient_id: str | None = None, date_range: tuple[date | None, date | None] | None = None
+                    ) -> RadiographImage:
     """Locate + select + fetch + decode: the newest matching study that has a frontal radiograph.
 
     Parameters
@@ -100,6 +109,8 @@ def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, study_
         A DICOMweb or folder source.
     max_pixels
         Pixel-count limit per frame.
+    min_short_edge
+        Opt-in reduced-resolution JPEG 2000 decode, as for :func:`fetch_radiograph`.
     study_instance_uid, accession_number, patient_id, date_range
         As for :func:`locate_studies`.
 
@@ -135,7 +146,7 @@ def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, study_
             if isinstance(exc, NoFrontalRadiograph) and first_error is None:
                 first_error = exc
             continue
-        return fetch_radiograph(source, study, selection, max_pixels=max_pixels)
+        return fetch_radiograph(source, study, selection, max_pixels=max_pixels, min_short_edge=min_short_edge)
     if first_error is not None:
         if len(studies) > 1:
             raise NoFrontalRadiograph(f"{first_error} (and none in {len(studies) - 1} older matching studies)")
@@ -144,12 +155,14 @@ def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, study_
                         code="study_empty")
 
 
-def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXELS) -> RadiographImage:
+def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXELS,
+                    min_short_edge: int | None = None) -> RadiographImage:
     """A local DICOM file (or its bytes) as a :class:`RadiographImage` (what ``cxr-cds analyze FILE`` uses).
 
     The same metadata rules as for a PACS study apply, laxer on what the user chose explicitly: a
     secondary capture or an image without view information is accepted with a note; CT/MR/SR/PR,
-    localisers, other body parts and lateral/oblique/decubitus views are refused.
+    localisers, other body parts and lateral/oblique/decubitus views are refused. ``max_pixels`` and
+    ``min_short_edge`` are as for :func:`fetch_radiograph`.
 
     Raises
     ------
@@ -189,4 +202,4 @@ def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int
     reason = f"local file; {verdict.view} by {verdict.evidence}" if verdict.view != "UNKNOWN" else \
         "local file; view not recorded, assumed frontal"
     return _radiograph(ds, what=what, view=verdict.view, reason=reason, bytes_transferred=len(data),
-                       max_pixels=max_pixels, extra_notes=notes)
+                       max_pixels=max_pixels, min_short_edge=min_short_edge, extra_notes=notes)

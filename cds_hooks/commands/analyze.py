@@ -55,10 +55,13 @@ def _context_from_bundle(path: Path):
 @click.option("--max-new-tokens", type=int, default=None)
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="0 = greedy (reproducible); the released default is 0.2.")
+@click.option("--decode-min-short-edge", type=int, default=0, show_default=True,
+              help="Decode JPEG 2000 at reduced resolution keeping at least this short edge (0 = full).")
 @click.option("--scores", "with_scores", is_flag=True, help="Also compute per-finding yes/no probabilities.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def analyze(file, context_path, model_ref, revision, quantization, dicomweb_url, accession, study_uid,
-            patient_id, template, max_new_tokens, temperature, with_scores, as_json) -> None:
+            patient_id, template, max_new_tokens, temperature, decode_min_short_edge, with_scores,
+            as_json) -> None:
     """Analyse one chest radiograph and print the AI draft (report, findings, FHIR Bundle)."""
     from fhir_mapping import FhirMappingError
     from imaging import DicomWebSource, ImagingError, read_radiograph
@@ -94,12 +97,13 @@ def analyze(file, context_path, model_ref, revision, quantization, dicomweb_url,
         common = dict(context=context, generate=generate, order=order, patient_reference=patient_ref,
                       encounter_reference=encounter_ref, template=template, settings=settings, score=score)
         if file is not None:
-            analysis = analyze_image(read_radiograph(file), **common)
+            image = read_radiograph(file, min_short_edge=decode_min_short_edge or None)
+            analysis = analyze_image(image, **common)
         else:
             source = DicomWebSource.from_url(dicomweb_url)
             plan = plan_study(source, study_instance_uid=study_uid, accession_number=accession,
                               patient_id=patient_id)
-            analysis = run_analysis(source, plan, **common)
+            analysis = run_analysis(source, plan, min_short_edge=decode_min_short_edge or None, **common)
     except (ImagingError, ModelRuntimeError, FhirMappingError, PromptError) as exc:
         _fail(str(exc))
 

@@ -183,11 +183,12 @@ def test_presented_form_is_the_labelled_full_report(full_bundle):
 
 
 # --- Observations -------------------------------------------------------------------------------------------
-def test_one_observation_per_mentioned_finding(full_bundle):
+def test_one_observation_per_mentioned_or_scored_finding(full_bundle):
     report = report_of(full_bundle)
     observations = [r for r in report["contained"] if r["resourceType"] == "Observation"]
-    assert [o["id"] for o in observations] == [
-        "obs-cardiomegaly", "obs-consolidation", "obs-edema", "obs-pleural-effusion", "obs-pneumothorax"]
+    assert [o["id"] for o in observations] == [        # mentioned ones first, then scored-only ones
+        "obs-cardiomegaly", "obs-consolidation", "obs-edema", "obs-pleural-effusion", "obs-pneumothorax",
+        "obs-atelectasis"]
     assert [r["reference"] for r in report["result"]] == [f"#{o['id']}" for o in observations]
     for o in observations:
         assert o["status"] == "preliminary"
@@ -226,10 +227,14 @@ def test_laterality_evidence_severity_and_score(full_bundle):
     assert "component" not in consolidation and "bodySite" not in contained(report, "obs-cardiomegaly")
 
 
-def test_scores_for_unmentioned_findings_add_nothing(full_bundle):
-    # atelectasis is scored (0.2) but not mentioned in the report: no Observation for it
-    ids = [r["id"] for r in report_of(full_bundle)["contained"]]
-    assert "obs-atelectasis" not in ids
+def test_a_scored_but_unmentioned_finding_gets_its_probability_and_no_presence(full_bundle):
+    # atelectasis is scored (0.2) but not mentioned in the report
+    obs = contained(report_of(full_bundle), "obs-atelectasis")
+    assert "valueCodeableConcept" not in obs
+    assert obs["dataAbsentReason"]["text"] == "Not mentioned in the AI-generated report"
+    assert obs["component"][-1]["valueQuantity"]["value"] == 0.2
+    # ...and it is not a result the report states: the conclusion does not name it
+    assert "telectasis" not in report_of(full_bundle)["conclusion"]
 
 
 def test_no_acute_finding_is_a_conclusion_code_not_an_observation():
