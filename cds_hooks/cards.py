@@ -9,7 +9,6 @@ No value is ever ``None`` or empty (CDS Hooks 2.0: omit instead).
 """
 from __future__ import annotations
 
-import copy
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
@@ -178,7 +177,8 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
     study, findings = analysis.study, analysis.findings
     summary = fit_summary(f"AI draft, chest X-ray {study.get('study_date') or ''}: "
                           f"{_leading(findings, cfg.critical_findings)}".replace("  ", " "))
-    report = copy.deepcopy(analysis.diagnostic_report)
+    # a shallow copy is enough: only top-level keys are set here, nested values are never mutated
+    report = dict(analysis.diagnostic_report)
     report["subject"] = {"reference": f"Patient/{patient_id}"}
     if encounter_id:
         report["encounter"] = {"reference": f"Encounter/{encounter_id}"}
