@@ -48,6 +48,12 @@ def _context_from_bundle(path: Path):
 @click.option("--revision", default=None, help="Hub revision (commit) to pin.")
 @click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]), default=None)
 @click.option("--dicomweb", "dicomweb_url", default=None, help="DICOMweb base URL of a PACS (instead of FILE).")
+@click.option("--dicomweb-username", envvar="CXR_CDS_DICOMWEB_USERNAME", default=None,
+              help="PACS basic-auth user [env CXR_CDS_DICOMWEB_USERNAME].")
+@click.option("--dicomweb-password", envvar="CXR_CDS_DICOMWEB_PASSWORD", default=None,
+              help="PACS basic-auth password [env CXR_CDS_DICOMWEB_PASSWORD].")
+@click.option("--dicomweb-bearer-token", envvar="CXR_CDS_DICOMWEB_BEARER_TOKEN", default=None,
+              help="PACS bearer token instead of basic auth [env CXR_CDS_DICOMWEB_BEARER_TOKEN].")
 @click.option("--accession", default=None, help="AccessionNumber to look up (with --dicomweb).")
 @click.option("--study-uid", default=None, help="StudyInstanceUID to look up (with --dicomweb).")
 @click.option("--patient-id", default=None, help="PatientID; the newest CR/DX study is read (with --dicomweb).")
@@ -55,11 +61,14 @@ def _context_from_bundle(path: Path):
 @click.option("--max-new-tokens", type=int, default=None)
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="0 = greedy (reproducible); the released default is 0.2.")
-@click.option("--decode-min-short-edge", type=int, default=0, show_default=True,
-              help="Decode JPEG 2000 at reduced resolution keeping at least this short edge (0 = full).")
+@click.option("--decode-min-short-edge", type=click.IntRange(min=0), default=1024, show_default=True,
+              envvar="CXR_CDS_DECODE_MIN_SHORT_EDGE",
+              help="Decode JPEG 2000 at the smallest resolution keeping this short edge, as the service "
+                   "does (the model reads 512 px); 0 = full resolution.")
 @click.option("--scores", "with_scores", is_flag=True, help="Also compute per-finding yes/no probabilities.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def analyze(file, context_path, model_ref, revision, quantization, dicomweb_url, accession, study_uid,
+def analyze(file, context_path, model_ref, revision, quantization, dicomweb_url, dicomweb_username,
+            dicomweb_password, dicomweb_bearer_token, accession, study_uid,
             patient_id, template, max_new_tokens, temperature, decode_min_short_edge, with_scores,
             as_json) -> None:
     """Analyse one chest radiograph and print the AI draft (report, findings, FHIR Bundle)."""
@@ -100,7 +109,8 @@ def analyze(file, context_path, model_ref, revision, quantization, dicomweb_url,
             image = read_radiograph(file, min_short_edge=decode_min_short_edge or None)
             analysis = analyze_image(image, **common)
         else:
-            source = DicomWebSource.from_url(dicomweb_url)
+            source = DicomWebSource.from_url(dicomweb_url, username=dicomweb_username,
+                                             password=dicomweb_password, bearer_token=dicomweb_bearer_token)
             plan = plan_study(source, study_instance_uid=study_uid, accession_number=accession,
                               patient_id=patient_id)
             analysis = run_analysis(source, plan, min_short_edge=decode_min_short_edge or None, **common)

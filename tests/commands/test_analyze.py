@@ -81,27 +81,41 @@ def test_context_bundle_reaches_the_draft(tmp_path, tiny_model_dir, assert_valid
 
 
 LOSSLESS = [uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian, uids.DeflatedExplicitVRLittleEndian,
-            uids.RLELossless, uids.JPEG2000Lossless, uids.JPEGLSLossless, uids.JPEGLosslessSV1]
-LOSSY = [uids.JPEG2000, uids.JPEGLSNearLossless, uids.JPEGExtended12Bit]
+            uids.RLELossless, uids.JPEG2000Lossless, uids.JPEGLSLossless, uids.JPEGLosslessSV1, uids.JPEGLossless]
+LOSSY = [uids.JPEG2000, uids.JPEGLSNearLossless, uids.JPEGExtended12Bit, uids.JPEGBaseline8Bit]
 
 
 @pytest.mark.parametrize("ts", LOSSLESS + LOSSY, ids=lambda t: uids.UID(t).name)
-def test_every_transfer_syntax_runs_through_analyze(tmp_path, tiny_model_dir, ts):
-    ds = syn.make_cxr(view="PA", bits=12)
+def test_every_transfer_syntax_runs_through_analyze(tmp_path, tiny_model_dir, assert_valid_r4, ts):
+    ds = syn.make_cxr(view="PA", bits=8 if ts == uids.JPEGBaseline8Bit else 12)
     path = syn.write(syn.compress(ds, ts), tmp_path / "img.dcm")
     out = analyze_json(tiny_model_dir, path)
     assert out["study"]["sop_instance_uid"] == ds.SOPInstanceUID
+    assert_valid_r4(out["fhir"])
 
 
-@pytest.mark.parametrize("variant", ["mono1_16bit", "voi_lut", "rgb_sc"])
-def test_pixel_variants_run_through_analyze(tmp_path, tiny_model_dir, variant):
+@pytest.mark.parametrize("variant", ["mono1_16bit", "voi_lut", "rgb_sc", "multiframe", "no_view_position"])
+def test_pixel_variants_run_through_analyze(tmp_path, tiny_model_dir, assert_valid_r4, variant):
     ds = {
         "mono1_16bit": lambda: syn.make_cxr(view="PA", photometric="MONOCHROME1", bits=16),
         "voi_lut": lambda: syn.make_cxr(view="PA", bits=16, voi_lut=True),
         "rgb_sc": lambda: syn.make_rgb_secondary_capture(),
+        "multiframe": lambda: syn.make_multiframe(view="PA"),
+        "no_view_position": lambda: syn.make_cxr(view=None, series_description="CHEST PA"),
     }[variant]()
     out = analyze_json(tiny_model_dir, syn.write(ds, tmp_path / "img.dcm"))
     assert out["study"]["sop_instance_uid"] == ds.SOPInstanceUID
+    assert_valid_r4(out["fhir"])
+    if variant == "multiframe":
+        assert any("frame" in note for note in out["study"]["notes"]), out["study"]["notes"]
+
+
+def test_a_longer_report_still_gives_a_schema_valid_draft(tmp_path, tiny_model_dir, assert_valid_r4):
+    # random weights write random text; with more tokens it mentions findings and carries odd characters
+    path = syn.write(syn.make_cxr(view="PA"), tmp_path / "pa.dcm")
+    result = run_cli("analyze", path, "--model", tiny_model_dir, "--max-new-tokens", "96", "--json")
+    assert result.exit_code == 0, result.output
+    assert_valid_r4(json.loads(result.stdout)["fhir"])
 
 
 def test_real_cr_chest_rg1(tiny_model_dir):
@@ -175,7 +189,34 @@ def test_dicomweb_study_picks_the_pa_and_says_why(orthanc, tiny_model_dir, asser
     assert "PA" in selected["reason"]
     assert_valid_r4(out["fhir"])
 
+    by_uid = analyze_json(tiny_model_dir, "--dicomweb", orthanc.dicomweb_url, "--study-uid", pa.StudyInstanceUID)
+    assert by_uid["study"]["sop_instance_uid"] == pa.SOPInstanceUID
+    by_patient = analyze_json(tiny_model_dir, "--dicomweb", orthanc.dicomweb_url, "--patient-id", pa.PatientID)
+    assert by_patient["study"]["study_instance_uid"] == pa.StudyInstanceUID
+
     missing = run_cli("analyze", "--dicomweb", orthanc.dicomweb_url, "--accession", "NO-SUCH-ACC",
                       "--model", tiny_model_dir, "--json")
     assert missing.exit_code == 1
     assert "NO-SUCH-ACC" in missing.output
+
+
+@pytest.mark.orthanc
+def test_dicomweb_with_basic_auth_from_the_environment(tmp_path, tiny_model_dir, monkeypatch):
+    from tests.support.orthanc import OrthancServer
+
+    server = OrthancServer(tmp_path / "orthanc-auth", users={"ci": "ci-secret"})
+    server.start()
+    try:
+        study = syn.make_study(("PA",))
+        server.store(*study)
+        args = ("--dicomweb", server.dicomweb_url, "--accession", study[0].AccessionNumber)
+        refused = run_cli("analyze", *args, "--model", tiny_model_dir)
+        assert refused.exit_code == 1
+        assert "401" in refused.output or "credentials" in refused.output.lower(), refused.output
+        monkeypatch.setenv("CXR_CDS_DICOMWEB_USERNAME", "ci")
+        monkeypatch.setenv("CXR_CDS_DICOMWEB_PASSWORD", "ci-secret")
+        out = analyze_json(tiny_model_dir, *args)
+        assert out["study"]["sop_instance_uid"] == study[0].SOPInstanceUID
+        assert "ci-secret" not in json.dumps(out)
+    finally:
+        server.stop()
