@@ -171,6 +171,8 @@ def demo(ctx: click.Context, host: str, port: int, home: Path, prepare_only: boo
         "CXR_CDS_AUTH": "none",
         "CXR_CDS_DB": str(paths["db"]),
         "CXR_CDS_MAX_NEW_TOKENS": "48",
+        # the first call computes the draft on the CPU: let it finish within the call in the demo
+        "CXR_CDS_DEADLINE_S": "60",
         "CXR_CDS_PUBLIC_URL": f"http://{host}:{port}",
     }
     for key, value in env.items():

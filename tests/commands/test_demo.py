@@ -31,6 +31,12 @@ def demo_server(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
+        curl = None
+        for line in proc.stdout:            # the demo prints its curl command before it serves
+            if line.strip().startswith("curl -s -X POST"):
+                curl = line.strip()
+                break
+        assert curl, "the demo printed no curl command"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -42,7 +48,7 @@ def demo_server(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the demo did not answer /cds-services within 180 s")
-        yield base, proc, tmp_path / "demo"
+        yield base, curl, tmp_path / "demo"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -52,16 +58,14 @@ def demo_server(tmp_path):
 
 
 def test_demo_serves_and_its_printed_curl_returns_a_card(demo_server):
-    base, proc, home = demo_server
+    base, curl, home = demo_server
     services = requests.get(f"{base}/cds-services", timeout=5).json()["services"]
     assert ORDER_SIGN_SERVICE_ID in {s["id"] for s in services}
 
-    # the request file the printed curl command posts
-    body = json.loads((home / "order-sign.json").read_text())
-    answer = requests.post(f"{base}/cds-services/{ORDER_SIGN_SERVICE_ID}", json=body, timeout=60)
+    # run the printed command as a person would paste it (curl ... | python3 -m json.tool)
+    shown = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=120, check=True)
 
-    assert answer.status_code == 200
-    cards = answer.json()["cards"]
+    cards = json.loads(shown.stdout)["cards"]
     assert len(cards) == 1
     card = cards[0]
     assert "AI" in card["summary"] and len(card["summary"]) <= 139
