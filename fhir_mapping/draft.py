@@ -40,7 +40,7 @@ import base64
 import html
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from typing import Any, Mapping
 
@@ -48,6 +48,7 @@ from prompts.findings import FINDING_NAMES, Finding, Findings
 
 from fhir_mapping import codes
 from fhir_mapping.errors import FhirMappingError
+from fhir_mapping.r4 import fhir_string
 from fhir_mapping.read import OrderInfo
 
 DISCLAIMER = "AI-generated draft for clinician review — not a final report."
@@ -117,6 +118,32 @@ class DraftInputs:
                 raise _bad(f"score for {name} is {score!r}; expected a probability in [0, 1]")
         if self.view_count is not None and (not isinstance(self.view_count, int) or self.view_count < 1):
             raise _bad(f"view_count {self.view_count!r} must be a positive integer or None")
+
+
+def _fhir_safe(inputs: DraftInputs) -> DraftInputs:
+    """The same inputs with every free-text value made a valid FHIR string (`r4.fhir_string`).
+
+    Model output can hold control characters (the tiny random model writes \\x0b and \\x1f; a
+    real one can write NBSP or a lone surrogate), and so can EHR text. Cleaning the inputs once,
+    here, covers every element they reach (notes, conclusion, narrative, presentedForm, Device).
+    Evidence spans are left as they are: they index the raw report text, which the caller keeps.
+    """
+    def clean(value):
+        """Cleaned text; None when nothing readable is left (an optional element is then omitted)."""
+        if not isinstance(value, str):
+            return value
+        value = fhir_string(value)
+        return value if value.strip() else None
+
+    items = tuple(replace(f, evidence=clean(f.evidence), severity=clean(f.severity)) for f in inputs.findings)
+    order = inputs.order
+    if order is not None:
+        order = replace(order, text=clean(order.text),
+                        codings=tuple((fhir_string(system), fhir_string(code), clean(display))
+                                      for system, code, display in order.codings))
+    return replace(inputs, report_text=fhir_string(inputs.report_text), findings=Findings(items),
+                   accession_number=clean(inputs.accession_number), view_position=clean(inputs.view_position),
+                   model={key: clean(value) for key, value in inputs.model.items()}, order=order)
 
 
 # --- formatting helpers ---------------------------------------------------------------------------------
@@ -387,6 +414,7 @@ def build_draft(inputs: DraftInputs) -> dict:
 
     if not isinstance(inputs, DraftInputs):
         raise _bad(f"build_draft takes DraftInputs, got {type(inputs).__name__}")
+    inputs = _fhir_safe(inputs)
     report_url = _full_url(inputs.draft_id, "DiagnosticReport")
     device_url = _full_url(inputs.draft_id, "Device")
     bundle = {

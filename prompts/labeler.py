@@ -9,12 +9,15 @@ The steps, in order:
    single line breaks inside a sentence (hard-wrapped reports) do not split.
 3. Mentions: each finding's patterns (prompts/lexicon/findings.json). Fixed-presence patterns
    ("heart size is normal", "no acute cardiopulmonary process") win over plain mentions of the
-   same words.
+   same words. Some patterns are signs of a finding rather than the finding ("blunting of the
+   costophrenic angle", "vascular congestion", "enlarged cardiac silhouette").
 4. Cues (prompts/lexicon/cues.json), NegEx-style: the nearest cue before a mention in its clause
    (negation, uncertainty, resolution), or a cue right after it ("... cannot be excluded",
    "... has resolved"). Negation reaches across a list ("no consolidation, effusion, or
    pneumothorax") but not past a verb or a clause word ("no effusion, but there is ...").
-   Two findings joined by "or"/"versus" are both uncertain.
+   Two findings joined by "or"/"versus" are both uncertain. A sign the sentence explains with a
+   hedge ("blunting ... may reflect a small effusion") or whose finding it denies ("vascular
+   congestion without frank edema") is uncertain, not present.
 5. Combine per finding: present beats uncertain beats absent; the evidence is the sentence the
    winning mention is in, with its character span in the input text.
 
@@ -33,6 +36,8 @@ from prompts.findings import FINDING_NAMES, Finding, Findings
 
 _RANK = {"present": 3, "uncertain": 2, "absent": 1, "not_mentioned": 0}
 _NO_LATERALITY = frozenset({"cardiomegaly", "no_acute_finding"})
+# in this order: a fixed presence wins over a sign, a sign over a plain mention of the same words
+_MENTION_KINDS = ("present", "absent", "uncertain", "sign", "mention")
 _WORD = r"[A-Za-z0-9]"
 
 # Section headers: a known name at a line start (or after a full stop) followed by a colon.
@@ -56,6 +61,7 @@ class _Mention:
     start: int            # offsets into the sentence
     end: int
     fixed: str | None     # a fixed presence, else decided by cues
+    sign: bool = False    # a sign of the finding ("blunted costophrenic angle"), not the finding itself
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,7 @@ def _lexicon() -> _Lexicon:
     mentions, before, after = {}, {}, {}
     for name in FINDING_NAMES:
         spec = findings.get(name, {})
-        mentions[name] = {kind: _compile(spec[kind]) for kind in ("present", "absent", "uncertain", "mention")
-                          if spec.get(kind)}
+        mentions[name] = {kind: _compile(spec[kind]) for kind in _MENTION_KINDS if spec.get(kind)}
         if spec.get("exclude_before"):
             before[name] = re.compile("|".join(p.replace(" ", r"\s+") for p in spec["exclude_before"]),
                                       re.IGNORECASE)
@@ -173,7 +178,7 @@ def _find_mentions(s: str, lex: _Lexicon) -> list[_Mention]:
     for name in FINDING_NAMES:
         pats = lex.mentions[name]
         taken: list[tuple[int, int]] = []
-        for kind in ("present", "absent", "uncertain", "mention"):
+        for kind in _MENTION_KINDS:
             if kind not in pats:
                 continue
             for m in pats[kind].finditer(s):
@@ -185,7 +190,8 @@ def _find_mentions(s: str, lex: _Lexicon) -> list[_Mention]:
                 if name in lex.exclude_after and lex.exclude_after[name].match(s[m.end():m.end() + 40]):
                     continue
                 taken.append(span)
-                found.append(_Mention(name, m.start(), m.end(), None if kind == "mention" else kind))
+                found.append(_Mention(name, m.start(), m.end(), None if kind in ("sign", "mention") else kind,
+                                      kind == "sign"))
     return sorted(found, key=lambda x: (x.start, x.end))
 
 
@@ -312,6 +318,41 @@ def _alternatives(s: str, mentions: list[_Mention]) -> set[int]:
     return hits
 
 
+_EXPLANATION_FILLER = re.compile(r"(?<![A-Za-z])(?:which|that|this|these|it|findings?|appearance|and|is|are|"
+                                  r"most|in|at|the|left|right|base|bases|side)(?![A-Za-z])", re.IGNORECASE)
+
+
+def _hedged_sign(s: str, sign: _Mention, mentions: list[_Mention], pre: list[_Cue], lex: _Lexicon) -> bool:
+    """Whether an uncertainty cue right after a sign explains it: "blunting of the left costophrenic
+    angle may reflect a small effusion", "vascular congestion, which could be due to ..."."""
+    hedge = min((c for c in pre if c.kind == "uncertain" and c.start >= sign.end), key=lambda c: c.start,
+                default=None)
+    if hedge is None:
+        return False
+    gap = (sign.end, hedge.start)
+    if any(gap[0] <= m.start and m.end <= gap[1] for m in mentions):
+        return False            # "blunted angle and opacity, likely atelectasis": the hedge is about the opacity
+    if any(gap[0] <= b[0] and b[1] <= gap[1] for b in _boundaries(s, lex, ("terminators",))):
+        return False
+    return len(re.findall(r"[A-Za-z0-9]+", _EXPLANATION_FILLER.sub(" ", s[gap[0]:gap[1]]))) <= 2
+
+
+def _uncertain_signs(s: str, mentions: list[_Mention], presences: list[str], pre: list[_Cue],
+                     lex: _Lexicon) -> list[str]:
+    """Signs read as present become uncertain when hedged (`_hedged_sign`) or when the same sentence
+    denies the finding they stand for: "vascular congestion without frank edema" (congestion seen,
+    edema not) is neither a present nor an absent edema."""
+    out = list(presences)
+    for i, m in enumerate(mentions):
+        if not m.sign or presences[i] != "present":
+            continue
+        denied = any(x.finding == m.finding and not x.sign and presences[j] == "absent"
+                     for j, x in enumerate(mentions))
+        if denied or _hedged_sign(s, m, mentions, pre, lex):
+            out[i] = "uncertain"
+    return out
+
+
 _CHANGE_AFTER = re.compile(r"\s+(?:improved|improving|increased|increasing|decreased|decreasing|worsened|"
                            r"worsening|changed|smaller|larger|better|worse)", re.IGNORECASE)
 
@@ -372,9 +413,10 @@ def _read_sentence(text: str, a: int, b: int, lex: _Lexicon, order0: int):
     pre, post = _find_cues(s, lex)
     alternatives = _alternatives(s, mentions)
     hard = _boundaries(s, lex, ("terminators", "relative"))
+    presences = _uncertain_signs(s, mentions, [_classify(s, m, mentions, pre, post, lex) for m in mentions], pre, lex)
     out = []
     for i, m in enumerate(mentions):
-        presence = _classify(s, m, mentions, pre, post, lex)
+        presence = presences[i]
         if presence == "present" and (i in alternatives or s.rstrip().endswith("?")):
             presence = "uncertain"      # "atelectasis or pneumonia", "new right effusion?"
         lat = sev = None
@@ -384,8 +426,23 @@ def _read_sentence(text: str, a: int, b: int, lex: _Lexicon, order0: int):
             next_start = min([x.start for x in mentions if x.start >= m.end] + [len(s)])
             sev = _severity(s, m, prev_end, lex)
             lat = _laterality(s, m, (prev_end, next_start), lex)
+            if lat is None and m.finding not in _NO_LATERALITY and out:
+                lat = _explained_side(s, mentions[i - 1], m, out[-1][1], pre, lex)
         out.append((m.finding, _Decision(presence, (a, b), order0 + m.start, lat, sev)))
     return out
+
+
+def _explained_side(s: str, before: _Mention, mention: _Mention, decided: _Decision, pre: list[_Cue],
+                    lex: _Lexicon) -> str | None:
+    """The side of the finding a mention explains: "left basilar opacity may reflect layering pleural
+    fluid" (the fluid is on the left), "right hilar opacity, concerning for pneumonia"."""
+    gap = (before.end, mention.start)
+    links = [(c.start, c.end) for c in pre if c.kind == "uncertain"] + _boundaries(s, lex, ("linking",))
+    if not any(gap[0] <= x[0] and x[1] <= gap[1] for x in links):
+        return None
+    if any(gap[0] <= x[0] and x[1] <= gap[1] for x in _boundaries(s, lex, ("terminators",))):
+        return None
+    return decided.laterality if decided.presence in ("present", "uncertain") else None
 
 
 # ---------------------------------------------------------------- combine

@@ -376,3 +376,49 @@ def test_narrative_is_escaped_xhtml_of_the_conclusion():
     assert div.tag == "{http://www.w3.org/1999/xhtml}div"
     assert [p.text for p in div] == report["conclusion"].splitlines()
     assert "<script>" not in report["text"]["div"]
+
+
+# --- free text that is not a valid FHIR string ------------------------------------------------------------
+# What the tiny random model writes (\x0b, \x1f), plus NUL, a lone surrogate, NBSP, a line separator
+# and a noncharacter: the R4B models accept most of these, HL7's R4 schema and UTF-8 do not.
+DIRTY_REPORT = ("FINDINGS: Small left pleural\x0beffusion.\x1f No pneumo\x00thorax. \ud800Mild\xa0interstitial "
+                "edema.\u2028IMPRESSION: Small effusion\ufffe.")
+
+
+def test_model_text_with_control_characters_is_valid_r4(assert_valid_r4):
+    from xml.etree import ElementTree
+
+    from prompts.findings import extract_findings
+
+    labeled = extract_findings(DIRTY_REPORT)          # evidence quotes the raw text, control characters and all
+    assert "\x0b" in labeled["pleural_effusion"].evidence and "\ud800" in labeled["edema"].evidence
+    bundle = build_draft(draft_inputs(report_text=DIRTY_REPORT, findings=labeled, scores=None))
+    assert_valid_r4(bundle)
+    assert_valid_r4(report_of(bundle))
+    report = report_of(bundle)
+    notes = {o["id"]: o["note"][0]["text"] for o in report["contained"] if o["resourceType"] == "Observation"}
+    assert notes == {"obs-pleural-effusion": 'Evidence in the AI report: "Small left pleural\neffusion."',
+                     "obs-edema": 'Evidence in the AI report: "\ufffdMild interstitial edema."'}
+    text = base64.b64decode(report["presentedForm"][0]["data"]).decode("utf-8")
+    assert ("FINDINGS: Small left pleural\neffusion.  No pneumothorax. \ufffdMild interstitial edema.\n"
+            "IMPRESSION: Small effusion.") in text
+    ElementTree.fromstring(report["text"]["div"])      # still well-formed XML
+    json.dumps(bundle, ensure_ascii=False).encode("utf-8")     # no lone surrogate left anywhere
+
+
+def test_ehr_and_config_text_is_cleaned_too(assert_valid_r4):
+    order = order_info(text="XR\xa0chest\x00 PA", codings=(("http://loinc.org", "36643-5", "XR Chest\x1f2 Views"),))
+    effusion = Finding("pleural_effusion", "present", "\x00\x01", None, "left", "small\u2009to\u2009moderate")
+    inputs = draft_inputs(order=order, accession_number="ACC\x1e1", view_position="PA\x00",
+                          model={"name": "tiny\x1fmodel", "revision": None, "prompt_id": "p", "prompt_version": "v1"},
+                          findings=findings(pleural_effusion=effusion), scores=None)
+    bundle = build_draft(inputs)
+    assert_valid_r4(bundle)
+    report = report_of(bundle)
+    assert report["code"]["text"] == "XR chest PA"
+    assert report["code"]["coding"][0]["display"] == "XR Chest 2 Views"
+    assert report["identifier"][0]["value"] == "ACC\n1"
+    obs = contained(report, "obs-pleural-effusion")
+    assert "note" not in obs                                         # nothing readable left of the evidence
+    assert obs["component"][0]["valueCodeableConcept"] == {"text": "small to moderate"}
+    assert by_type(bundle, "Device")[1]["modelNumber"] == "tiny model"

@@ -102,3 +102,57 @@ def test_schema_errors_name_the_element(r4_schema_errors):
                                        "code": {"text": "y"}, "bogus": 1}])
     assert r4_schema_errors(report) == [
         "contained/0: Additional properties are not allowed ('bogus' was unexpected)"]
+
+
+# --- characters a FHIR string cannot hold -----------------------------------------------------------------
+@pytest.mark.parametrize("char, label", [
+    ("\x1f", "U\\+001F"), ("\x0b", "U\\+000B"), ("\x00", "U\\+0000"), ("\xa0", "U\\+00A0 NO-BREAK SPACE"),
+    ("\ud800", "U\\+D800 lone surrogate"), ("\ufffe", "U\\+FFFE"), ("\u2028", "U\\+2028 LINE SEPARATOR"),
+])
+def test_control_characters_in_a_string_name_the_path(char, label):
+    resource = dict(MINIMAL, contained=[{"resourceType": "Observation", "id": "o", "status": "final",
+                                         "code": {"text": "y"}, "note": [{"text": f"small{char}effusion"}]}])
+    with pytest.raises(FhirMappingError, match=f"DiagnosticReport.contained\\[0\\].note\\[0\\].text: character {label} "
+                                               "at offset 5 is not allowed in a FHIR string .*fhir_mapping.fhir_string"):
+        validate_r4(resource)
+
+
+def test_the_models_alone_accept_what_validate_r4_rejects(r4_schema_errors):
+    resource = dict(MINIMAL, conclusion="small\x1feffusion")
+    model_class("DiagnosticReport").model_validate(resource)       # why validate_r4 checks characters itself
+    assert any(e.startswith("conclusion: ") for e in r4_schema_errors(resource))
+
+
+def test_fhir_string_output_always_passes_the_schema_pattern(r4_schema):
+    import re
+
+    from fhir_mapping import fhir_string
+
+    pattern = re.compile(r4_schema["definitions"]["string"]["pattern"])
+    assert r4_schema["definitions"]["markdown"]["pattern"] == pattern.pattern
+    every = "".join(map(chr, range(0x110000)))                    # every code point, surrogates included
+    cleaned = fhir_string(every)
+    assert pattern.match(cleaned)
+    cleaned.encode("utf-8")
+    validate_r4(dict(MINIMAL, conclusion=cleaned))
+    clean = "Épanchement — 5 mm.\tNo\r\npneumothorax ✓ 😀"
+    assert fhir_string(clean) == clean                             # clean text is left alone
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a\x0bb\x0cc\x1cd\x85e\u2028f\u2029g", "a\nb\nc\nd\ne\nf\ng"),     # line and page breaks
+    ("a\x1fb\xa0c\u2009d\u3000e", "a b c d e"),                        # spaces of other kinds
+    ("a\x00b\x07c\x7fd\x9be\ufeffg\ufdd0h\U0010ffffi", "abcdeghi"),           # controls, BOM, noncharacters
+    ("a\udc80b", "a\ufffdb"),                                           # lone surrogate
+])
+def test_fhir_string_replacements(text, expected):
+    from fhir_mapping import fhir_string
+
+    assert fhir_string(text) == expected
+
+
+def test_fhir_string_takes_text():
+    from fhir_mapping import fhir_string
+
+    with pytest.raises(TypeError, match="fhir_string takes a str, got bytes"):
+        fhir_string(b"x")

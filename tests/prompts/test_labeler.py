@@ -85,6 +85,87 @@ def test_uncertainty_does_not_spread_to_the_finding_being_interpreted():
     assert f["atelectasis"].presence == f["pneumonia"].presence == "uncertain"
 
 
+@pytest.mark.parametrize("hedge", ["may reflect", "could reflect", "might reflect", "may be related to",
+                                   "may be due to", "could represent", "may also reflect", "may well represent",
+                                   "could potentially represent", "is favored to represent"])
+def test_hedged_explanations(hedge):
+    f = extract_findings(f"Right basilar opacity {hedge} atelectasis.")
+    assert (f["lung_opacity"].presence, f["atelectasis"].presence) == ("present", "uncertain")
+    # a sign of the finding the hedge names is no more certain than the finding (audit: this was "present")
+    f = extract_findings(f"Blunting of the left costophrenic angle {hedge} a small effusion.")
+    assert f["pleural_effusion"].presence == "uncertain"
+    assert (f["pleural_effusion"].laterality, f["pleural_effusion"].severity) == ("left", "small")
+
+
+@pytest.mark.parametrize("text", ["Cannot entirely exclude a small pneumonia.", "Potentially early pneumonia.",
+                                  "Atelectasis is favored over pneumonia.", "Findings favor pneumonia."])
+def test_more_uncertainty_cues(text):
+    assert presence(text, "pneumonia") == "uncertain"
+
+
+@pytest.mark.parametrize("text, name", [
+    ("Slight blunting of the right costophrenic sulcus, which could be due to pleural thickening.", "pleural_effusion"),
+    ("The enlarged cardiac silhouette could represent pericardial effusion.", "cardiomegaly"),
+    ("Cephalization, possibly from fluid overload.", "edema"),
+])
+def test_a_sign_explained_with_a_hedge_is_uncertain(text, name):
+    assert presence(text, name) == "uncertain"
+
+
+@pytest.mark.parametrize("text, name", [
+    ("Blunted left costophrenic angle and patchy opacity, likely atelectasis.", "pleural_effusion"),
+    ("Small left pleural effusion, possibly loculated.", "pleural_effusion"),      # not a sign: the effusion is seen
+    ("Pulmonary vascular congestion.", "edema"),
+    ("The cardiac silhouette is moderately enlarged.", "cardiomegaly"),
+])
+def test_a_hedge_about_something_else_leaves_the_finding_present(text, name):
+    assert presence(text, name) == "present"
+
+
+@pytest.mark.parametrize("qualifier", ["frank", "overt", "definite", "florid", "convincing"])
+def test_without_a_qualified_finding_negates_it(qualifier):
+    f = extract_findings(f"Patchy airspace opacities without {qualifier} consolidation.")
+    assert (f["lung_opacity"].presence, f["consolidation"].presence) == ("present", "absent")
+    assert presence(f"No {qualifier} pneumothorax.", "pneumothorax") == "absent"
+
+
+@pytest.mark.parametrize("text", [
+    "Vascular congestion without frank edema.",
+    "Pulmonary venous congestion without overt alveolar edema.",
+    "Mild cardiomegaly with pulmonary vascular congestion but no overt pulmonary edema.",
+    "Cephalization of the upper lobe vessels without definite interstitial edema.",
+    "Mild pulmonary vascular engorgement, no florid edema.",
+])
+def test_congestion_without_frank_edema_is_uncertain_edema(text):
+    # Read as a radiologist: congestion is seen, frank (alveolar/interstitial) edema is not. The
+    # lexicon counts congestion as the edema finding (CheXpert-style), so "present" would claim
+    # the edema the report denies and "absent" would drop the congestion it describes: the sign
+    # with the finding denied is "uncertain". The same holds for other signs (a blunted
+    # costophrenic angle "without definite effusion").
+    assert presence(text, "edema") == "uncertain"
+    assert presence("Blunted left costophrenic angle without definite effusion.", "pleural_effusion") == "uncertain"
+
+
+@pytest.mark.parametrize("text, name", [
+    ("Left pleural effusion without definite right effusion.", "pleural_effusion"),
+    ("Volume loss at the left base without frank collapse.", "atelectasis"),
+    ("Pulmonary edema. No vascular congestion.", "edema"),
+])
+def test_a_denial_downgrades_only_a_sign_in_its_sentence(text, name):
+    assert presence(text, name) == "present"
+
+
+def test_clear_pleural_spaces():
+    f = extract_findings("The pleural spaces are clear.")
+    assert (f["pleural_effusion"].presence, f["pneumothorax"].presence) == ("absent", "absent")
+
+
+def test_an_explanation_takes_the_side_of_what_it_explains():
+    f = extract_findings("Hazy left basilar opacity could reflect layering pleural fluid.")
+    assert (f["pleural_effusion"].presence, f["pleural_effusion"].laterality) == ("uncertain", "left")
+    assert extract_findings("Right lower lobe consolidation, concerning for pneumonia.")["pneumonia"].laterality == "right"
+
+
 @pytest.mark.parametrize("text", ["Borderline cardiomegaly.", "Borderline heart size.",
                                   "Prominent cardiac silhouette.", "The heart is possibly enlarged."])
 def test_hedged_heart_size(text):
