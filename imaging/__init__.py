@@ -8,13 +8,13 @@ from .locate import locate_studies
 from .pixels import MAX_PIXELS, to_display_8bit
 from .radiograph import fetch_radiograph, find_radiograph, read_radiograph
 from .select import select_frontal
-from .sources import DicomWebSource, FolderSource, ImageSource
+from .sources import MAX_BYTES, DicomWebSource, FolderSource, ImageSource
 from .values import RadiographImage, Selection, StudyMatch
 
 __all__ = [
     "ImageSource", "DicomWebSource", "FolderSource", "RadiographImage", "StudyMatch", "Selection",
     "locate_studies", "select_frontal", "fetch_radiograph", "find_radiograph", "read_radiograph",
-    "to_display_8bit", "MAX_PIXELS",
+    "to_display_8bit", "MAX_PIXELS", "MAX_BYTES",
     "ImagingError", "StudyNotFound", "NoFrontalRadiograph", "UnsupportedImage", "UndecodableImage",
     "ImagingUnavailable",
 ]

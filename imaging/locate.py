@@ -6,7 +6,7 @@ from datetime import date
 
 from pydicom.dataset import Dataset
 
-from .sources import ImageSource
+from .sources import ImageSource, uid_of
 from .values import StudyMatch
 
 #: ModalitiesInStudy sent for patient-level searches (QIDO list matching uses commas, not backslashes:
@@ -90,9 +90,10 @@ def locate_studies(
 
     def wanted(ds: Dataset) -> bool:
         # Re-check what came back: a PACS may have ignored any of the filters.
-        if "StudyInstanceUID" not in ds:
-            return False
-        if study_instance_uid and str(ds.StudyInstanceUID) != study_instance_uid:
+        uid = uid_of(ds, "StudyInstanceUID")
+        if uid is None:
+            return False         # absent, empty or multi-valued: nothing could retrieve it
+        if study_instance_uid and uid != study_instance_uid:
             return False
         if accession_number and str(ds.get("AccessionNumber", "") or "") != accession_number:
             return False
@@ -111,15 +112,16 @@ def locate_studies(
 
     seen: dict[str, tuple[tuple, StudyMatch]] = {}
     for ds in source.search_for_studies(filters):
-        if not wanted(ds) or str(ds.StudyInstanceUID) in seen:
+        if not wanted(ds) or uid_of(ds, "StudyInstanceUID") in seen:
             continue
         study_date = parse_da(ds.get("StudyDate"))
         match = StudyMatch(
-            study_instance_uid=str(ds.StudyInstanceUID),
+            study_instance_uid=uid_of(ds, "StudyInstanceUID"),
             study_date=study_date,
             accession_number=str(ds.get("AccessionNumber") or "") or None,
             modalities=tuple(_values(ds.get("ModalitiesInStudy"))),
             description=str(ds.get("StudyDescription") or "") or None,
+            patient_id=str(ds.get("PatientID") or "").strip() or None,
         )
         key = (study_date is not None, study_date or date.min, str(ds.get("StudyTime", "") or ""))
         seen[match.study_instance_uid] = (key, match)

@@ -18,6 +18,7 @@ import numpy as np
 from pydicom import uid as uids
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
 from .errors import UndecodableImage, UnsupportedImage
@@ -159,7 +160,8 @@ def render(ds: Dataset, *, max_pixels: int = MAX_PIXELS, what: str | None = None
     UnsupportedImage
         No pixel data, unsupported photometric interpretation or sample layout, over ``max_pixels``.
     UndecodableImage
-        No decoder for the transfer syntax (the message names the package), or corrupt/truncated data.
+        No decoder for the transfer syntax (the message names the package), corrupt/truncated data, or
+        a malformed pixel-related header value (code ``bad_image_header``; the message names it).
     ValueError
         ``min_short_edge`` is negative.
     """
@@ -214,6 +216,11 @@ def render_reduced(ds: Dataset, *, max_pixels: int = MAX_PIXELS, what: str | Non
     if not rows or not cols or rows < 0 or cols < 0:
         raise UndecodableImage(f"{what} has Pixel Data but no valid Rows/Columns ({rows}x{cols}); "
                                "the header is corrupt", code="bad_image_header")
+    frames = ds.get("NumberOfFrames")
+    if frames not in (None, "") and _int(ds, "NumberOfFrames") is None:   # 0 is tolerated: read as 1
+        raise UndecodableImage(f"{what} cannot be displayed: malformed NumberOfFrames{_shown(frames)} (not an "
+                               "integer); check the modality's export settings and re-send the image",
+                               code="bad_image_header")
     if rows * cols > max_pixels:
         raise UnsupportedImage(
             f"{what} is {cols}x{rows} = {rows * cols / 1e6:.1f} megapixels, over the limit of "
@@ -227,13 +234,105 @@ def render_reduced(ds: Dataset, *, max_pixels: int = MAX_PIXELS, what: str | Non
         raise UnsupportedImage(f"{what} has {samples} samples per pixel; only 1 (grayscale) or 3 (colour) "
                                "are supported", code="unsupported_samples")
 
-    reduced = decode_first_frame_reduced(ds, what, min_short_edge) if min_short_edge else None
-    if reduced is not None:
-        arr, decoded_photometric, n, decode_notes = reduced
-    else:
-        (arr, decoded_photometric), n, decode_notes = decode_first_frame(ds, what), 0, ()
-    pixels, notes = to_display(ds, arr, decoded_photometric)
+    try:
+        reduced = decode_first_frame_reduced(ds, what, min_short_edge) if min_short_edge else None
+        if reduced is not None:
+            arr, decoded_photometric, n, decode_notes = reduced
+        else:
+            (arr, decoded_photometric), n, decode_notes = decode_first_frame(ds, what), 0, ()
+        pixels, notes = to_display(ds, arr, decoded_photometric)
+    except HEADER_ERRORS as exc:
+        # The one place malformed header values (WindowCenter "abc.def", a text RescaleSlope, a short
+        # Modality LUT) are caught: every stage above reads them, none may leak a bare exception.
+        raise bad_header_error(ds, what, exc) from exc
     return pixels, decode_notes + notes, n
+
+
+#: What a malformed header value raises inside the display stages (numpy's UFuncTypeError and
+#: DTypePromotionError are TypeErrors, AxisError a ValueError and IndexError; struct.error comes from
+#: pydicom unpacking a short LUTData).
+HEADER_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, ArithmeticError, struct.error)
+
+#: Attributes the display stages read as numbers, in the order they are used.
+_NUMERIC_ATTRIBUTES = ("NumberOfFrames", "PixelPaddingValue", "PixelPaddingRangeLimit", "RescaleSlope",
+                       "RescaleIntercept", "WindowCenter", "WindowWidth")
+_LUT_SEQUENCES = ("ModalityLUTSequence", "VOILUTSequence")
+_PALETTE = ("RedPaletteColorLookupTable", "GreenPaletteColorLookupTable", "BluePaletteColorLookupTable")
+
+
+def _shown(value) -> str:
+    """``value`` quoted when short enough for a message, else empty (never dumps a LUT into a log)."""
+    text = "\\".join(str(v) for v in value) if _is_multi(value) else str(value)
+    return f" {text!r}" if len(text) <= 40 else ""
+
+
+def _is_multi(value) -> bool:
+    return isinstance(value, (list, tuple, MultiValue))
+
+
+def _lut_problem(item: Dataset, keyword: str) -> str | None:
+    """What is wrong with a LUT item (``LUTDescriptor`` + ``LUTData``, or a palette pair), or None."""
+    descriptor_kw, data_kw = (f"{keyword}Descriptor", f"{keyword}Data") if keyword in _PALETTE else \
+        ("LUTDescriptor", "LUTData")
+    descriptor = item.get(descriptor_kw)
+    try:
+        entries, _, bits = (int(v) for v in descriptor)
+    except (TypeError, ValueError):
+        return f"{descriptor_kw}{_shown(descriptor) if descriptor is not None else ' (missing)'}"
+    entries = entries or 65536
+    data = item.get(data_kw)
+    if data is None:
+        return f"{data_kw} (missing)"
+    if isinstance(data, (bytes, bytearray)):
+        needed = entries * (1 if bits <= 8 else 2)       # pydicom unpacks 'B' or 'H' per entry
+        if len(data) < needed:
+            return f"{data_kw} ({len(data)} bytes for {entries} entries of {bits} bits)"
+    elif _is_multi(data) and len(data) < entries:
+        return f"{data_kw} ({len(data)} values for {entries} entries)"
+    return None
+
+
+def malformed_attribute(ds: Dataset) -> str | None:
+    """The first pixel-related attribute of ``ds`` whose value the display stages cannot use, e.g.
+    ``"WindowCenter 'abc.def'"`` or ``"ModalityLUTSequence LUTData (20 bytes for 4096 entries of 16 bits)"``;
+    None when each looks usable (the error then came from a combination of them).
+    """
+    for keyword in _NUMERIC_ATTRIBUTES:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        if isinstance(value, (bytes, bytearray)):
+            continue                                   # US/SS read as raw bytes: _padding_mask skips those
+        for v in (value if _is_multi(value) else [value]):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                return f"{keyword}{_shown(value)}"
+    for keyword in _LUT_SEQUENCES:
+        seq = ds.get(keyword)
+        if seq:
+            problem = _lut_problem(seq[0], keyword)
+            if problem:
+                return f"{keyword} {problem}"
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "PALETTE COLOR":
+        for keyword in _PALETTE:
+            problem = _lut_problem(ds, keyword)
+            if problem:
+                return problem
+    return None
+
+
+def bad_header_error(ds: Dataset, what: str, exc: BaseException) -> UndecodableImage:
+    """The :class:`UndecodableImage` (``bad_image_header``) for a header value the display stages choke on."""
+    try:
+        culprit = malformed_attribute(ds)
+    except Exception:   # the probe reads the same broken header: never let it hide the real error
+        culprit = None
+    detail = " ".join(str(exc).strip().splitlines())[:200]
+    named = f"malformed {culprit}" if culprit else "a malformed pixel-related attribute"
+    return UndecodableImage(
+        f"{what} cannot be displayed: {named} ({type(exc).__name__}: {detail}); "
+        "check the modality's export settings and re-send the image", code="bad_image_header")
 
 
 # -- reduced-resolution JPEG 2000 decoding ----------------------------------------------------------

@@ -11,7 +11,7 @@ from .errors import ImagingUnavailable, NoFrontalRadiograph, StudyNotFound, Unsu
 from .locate import locate_studies, parse_da
 from .pixels import MAX_PIXELS, render_reduced
 from .select import FILE_EXCLUSIONS, classify, select_frontal
-from .sources import ImageSource, parse_dicom
+from .sources import MAX_BYTES, ImageSource, byte_size, image_too_large, parse_dicom
 from .values import RadiographImage, Selection, StudyMatch
 
 
@@ -156,24 +156,26 @@ def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_sh
 
 
 def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXELS,
-                    min_short_edge: int | None = None) -> RadiographImage:
+                    min_short_edge: int | None = None, max_bytes: int = MAX_BYTES) -> RadiographImage:
     """A local DICOM file (or its bytes) as a :class:`RadiographImage` (what ``cxr-cds analyze FILE`` uses).
 
     The same metadata rules as for a PACS study apply, laxer on what the user chose explicitly: a
     secondary capture or an image without view information is accepted with a note; CT/MR/SR/PR,
     localisers, other body parts and lateral/oblique/decubitus views are refused. ``max_pixels`` and
-    ``min_short_edge`` are as for :func:`fetch_radiograph`.
+    ``min_short_edge`` are as for :func:`fetch_radiograph`; ``max_bytes`` caps the file's size and a
+    Deflated data set's inflated size.
 
     Raises
     ------
     StudyNotFound
         The path does not exist.
     UnsupportedImage
-        Not a radiograph (e.g. CT), or no pixel data, or over the pixel limit.
+        Not a radiograph (e.g. CT), or no pixel data, or over the pixel or byte limit.
     NoFrontalRadiograph
         A lateral (oblique, decubitus) view, a localiser or a non-chest radiograph.
     UndecodableImage
-        Not DICOM, truncated, corrupt, or no decoder for its transfer syntax.
+        Not DICOM, truncated, corrupt, no decoder for its transfer syntax, or a malformed pixel-related
+        header value (code ``bad_image_header``).
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data, what = bytes(path_or_bytes), "DICOM bytes"
@@ -181,12 +183,15 @@ def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int
         path = Path(path_or_bytes)
         what = f"file {path.name}"
         try:
-            data = path.read_bytes()
+            size = path.stat().st_size
+            data = path.read_bytes() if size <= max_bytes else b""
         except FileNotFoundError as exc:
             raise StudyNotFound(f"{path} does not exist", code="file_not_found") from exc
         except OSError as exc:
             raise ImagingUnavailable(f"cannot read {path} ({exc.strerror})", code="file_unreadable") from exc
-    ds = parse_dicom(data, what=what)
+        if size > max_bytes:                      # refused before reading it into memory
+            raise image_too_large(what, byte_size(size), max_bytes)
+    ds = parse_dicom(data, what=what, max_bytes=max_bytes)
     if "SOPClassUID" not in ds and "PixelData" not in ds:
         raise UnsupportedImage(f"{what} is not a DICOM image (no SOP Class UID, no Pixel Data)", code="not_dicom")
     verdict = classify(ds, FILE_EXCLUSIONS)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from .errors import NoFrontalRadiograph, StudyNotFound
-from .sources import ImageSource
+from .sources import ImageSource, copy_element, uid_of
 from .values import Selection, StudyMatch
 
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")       # DR: not a DICOM term, but vendors send it
@@ -29,6 +29,8 @@ SECONDARY_CAPTURE_CLASSES = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1
                              "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",
                              "1.2.840.10008.5.1.4.1.1.7.4")
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+#: Label of a series or instance QIDO returned without a usable (single, non-empty) UID.
+NO_UID = "NO UID"
 
 #: Instance attributes the rules read (QIDO-RS includefield).
 INSTANCE_FIELDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "ViewPosition",
@@ -180,7 +182,7 @@ def _merge(instance: Dataset, series: Dataset) -> Dataset:
     instance = merged
     for keyword in ("Modality", "SeriesDescription", "BodyPartExamined", "SeriesNumber", "SeriesInstanceUID"):
         if keyword in series and (keyword not in instance or instance.get(keyword) in (None, "")):
-            setattr(instance, keyword, series.data_element(keyword).value)
+            copy_element(series, instance, keyword)    # as an element: a malformed value is not re-validated
     return instance
 
 
@@ -231,40 +233,47 @@ def select_frontal(source: ImageSource, study: StudyMatch | str) -> Selection:
         raise StudyNotFound(f"study {study_uid} has no series in {source.name}", code="study_empty")
 
     considered: list[str] = []
-    candidates: list[tuple[tuple, Dataset, Verdict]] = []
+    candidates: list[tuple[tuple, str, str, Verdict]] = []   # (sort key, series UID, SOP UID, verdict)
     for series in series_list:
         # A whole series of another modality (CT, SR, PR ...) is rejected without listing its instances.
         verdict = classify(series)
         if verdict.excluded and "Modality" in verdict.evidence:
             considered.append(verdict.label)
             continue
-        series_uid = str(series.SeriesInstanceUID)
+        series_uid = uid_of(series, "SeriesInstanceUID")
+        if series_uid is None:
+            considered.append(NO_UID)          # cannot be retrieved without it (a PACS quirk)
+            continue
         for instance in source.search_for_instances(study_uid, series_uid, INSTANCE_FIELDS):
             instance = _merge(instance, series)
+            sop_uid = uid_of(instance, "SOPInstanceUID")
+            if sop_uid is None:
+                considered.append(NO_UID)
+                continue
             verdict = classify(instance)
-            if not verdict.excluded and not _text(instance, "ViewPosition") and "SOPInstanceUID" in instance:
+            if not verdict.excluded and not _text(instance, "ViewPosition"):
                 # QIDO rarely returns sequences (Orthanc omits ViewCodeSequence): read this instance's
                 # metadata before falling back to free text.
-                meta = source.retrieve_instance_metadata(study_uid, series_uid, str(instance.SOPInstanceUID))
+                meta = source.retrieve_instance_metadata(study_uid, series_uid, sop_uid)
                 instance = _merge(meta, series)
                 verdict = classify(instance)
             considered.append(verdict.label)
             if verdict.view is not None:
-                candidates.append((_sort_key(instance, verdict), instance, verdict))
+                candidates.append((_sort_key(instance, verdict), series_uid, sop_uid, verdict))
 
     found = ", ".join(dict.fromkeys(considered)) or "no images"
     if not candidates:
         raise NoFrontalRadiograph(f"study {study_uid}: no frontal CR/DX image; found {found}")
     candidates.sort(key=lambda c: c[0])
-    _, chosen, verdict = candidates[0]
+    _, series_uid, sop_uid, verdict = candidates[0]
     reason = f"{verdict.view} by {verdict.evidence}"
     if verdict.view == "UNKNOWN":
         reason = "view not recorded (no ViewPosition, view code, description or orientation); assumed frontal"
     if len(considered) > 1:
         reason += f"; chosen among {len(considered)} instances ({found})"
     return Selection(
-        series_instance_uid=str(chosen.SeriesInstanceUID),
-        sop_instance_uid=str(chosen.SOPInstanceUID),
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
         view=verdict.view,
         reason=reason,
         considered=tuple(considered),

@@ -17,6 +17,9 @@ class StudyMatch:
     accession_number: str | None
     modalities: tuple[str, ...]
     description: str | None
+    # DICOM PatientID (0010,0020) as the PACS answered it: compared with the EHR Patient's MRNs before a
+    # draft is attached to that Patient. An identifier: never logged, never in messages, not in repr.
+    patient_id: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,14 @@ def store_study(request, image_folder) -> StoreStudy:
 class FakePacs:
     """A hand-written DICOMweb stand-in on loopback: answers every request with one fixed status.
 
-    Used only where Orthanc cannot be made to misbehave on purpose (5xx, slow answers, bearer tokens).
+    Used only where Orthanc cannot be made to misbehave on purpose (5xx, slow answers, bearer tokens,
+    malformed JSON, a body without Content-Length: HTTP/1.0, delimited by closing the connection).
     """
 
     def __init__(self, status: int = 200, body: bytes = b"[]", delay_s: float = 0.0,
-                 content_type: str = "application/dicom+json") -> None:
+                 content_type: str = "application/dicom+json", content_length: bool = True) -> None:
         self.status, self.body, self.delay_s, self.content_type = status, body, delay_s, content_type
+        self.content_length = content_length
         self.requests: list[dict[str, str]] = []
         fake = self
 
@@ -72,7 +74,8 @@ class FakePacs:
                 try:
                     self.send_response(fake.status)
                     self.send_header("Content-Type", fake.content_type)
-                    self.send_header("Content-Length", str(len(fake.body)))
+                    if fake.content_length:
+                        self.send_header("Content-Length", str(len(fake.body)))
                     self.end_headers()
                     self.wfile.write(fake.body)
                 except (BrokenPipeError, ConnectionResetError):

@@ -40,7 +40,12 @@ def test_orthanc_returns_the_stored_syntax_and_we_decode_it(ts, orthanc, dicomwe
     image = find_radiograph(dicomweb, accession_number=source.AccessionNumber)
     # bytes on the wire ~ the stored file: Orthanc was not asked to transcode
     assert len(to_bytes(encoded)) * 0.9 < image.bytes_transferred < len(to_bytes(encoded)) + 2048
+    retrieved = dicomweb.retrieve_instance(image.study_instance_uid, image.series_instance_uid,
+                                           image.sop_instance_uid).dataset
+    assert retrieved.file_meta.TransferSyntaxUID == ts                           # as stored
     if TRANSFER_SYNTAXES[ts]:
+        # (rows, cols) stored values, exact: the PACS round trip lost nothing before any display stage
+        np.testing.assert_array_equal(retrieved.pixel_array, source.pixel_array)
         np.testing.assert_array_equal(image.pixels, to_display_8bit(source))
     else:
         assert np.abs(image.pixels.astype(int) - to_display_8bit(source)).mean() < 3
