@@ -18,7 +18,8 @@ REPORT = "report.html"
 
 def evaluate(dataset: str | Path | Manifest, reader: Reader, plan: Plan, out_dir: str | Path, *, layout: str = "auto",
              images_root: str | Path | None = None, labeler: Callable[[str], object] | None = None,
-             batch_size: int = 8, workers: int = 2, progress: TextIO | None = None) -> dict:
+             split: str | None = None, batch_size: int = 8, workers: int = 2,
+             progress: TextIO | None = None) -> dict:
     """Run one evaluation and write ``results.json``, ``per_image.csv`` and ``report.html`` to ``out_dir``.
 
     Parameters
@@ -31,8 +32,8 @@ def evaluate(dataset: str | Path | Manifest, reader: Reader, plan: Plan, out_dir
         What to run (``make_plan``).
     out_dir
         Output folder; an existing ``per_image.csv`` there is reused (resume).
-    layout, images_root, labeler
-        Passed to ``read_manifest`` (labeler also reads the generated reports).
+    layout, images_root, labeler, split
+        Passed to ``read_manifest`` (labeler also reads the generated reports, cached ones included).
     batch_size, workers, progress
         Images per model call, decoding threads, progress stream (stderr by default).
 
@@ -49,12 +50,12 @@ def evaluate(dataset: str | Path | Manifest, reader: Reader, plan: Plan, out_dir
     """
     out_dir = Path(out_dir)
     manifest = dataset if isinstance(dataset, Manifest) else read_manifest(
-        dataset, layout=layout, images_root=images_root, labeler=labeler)
+        dataset, layout=layout, images_root=images_root, labeler=labeler, split=split)
     cases = select_cases(manifest.cases, min_age=plan.min_age, max_age=plan.max_age, limit=plan.limit)
     rows, log = run(cases, reader, plan, out_dir, labeler=labeler, batch_size=batch_size, workers=workers,
                     progress=progress)
     results = summarize(manifest, cases, rows, plan, reader.identity, unreadable=log.unreadable,
-                        generated=log.generated, reused=log.reused)
+                        generated=log.generated, reused=log.reused, relabelled=log.relabelled)
     (out_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out_dir / REPORT).write_text(render_html(results), encoding="utf-8")
     return results

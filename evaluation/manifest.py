@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, Iterable, Literal
 
 import numpy as np
@@ -26,6 +27,8 @@ Layout = Literal["auto", "csv", "chexpert", "mimic", "openi"]
 LAYOUTS: tuple[str, ...] = ("auto", "csv", "chexpert", "mimic", "openi")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+ALL_SPLITS = "all"
+MIMIC_SPLIT_FILES = ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz")
 
 # CheXpert / MIMIC-CXR-JPG label column -> our finding name. "Enlarged Cardiomediastinum" and
 # "Pleural Other" have no counterpart in FINDING_NAMES and are ignored.
@@ -90,10 +93,20 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Manifest:
+    """The usable cases of a dataset, the rows skipped (with reasons) and the split filter applied.
+
+    ``split`` is the split kept ("all": no filter), ``split_source`` where the split came from
+    (the MIMIC-CXR split file's name or "split column"), ``split_excluded`` the rows outside it
+    (counted, not listed: for MIMIC-CXR they are most of the file).
+    """
+
     source: Path
     layout: str
     cases: tuple[Case, ...]
     skipped: tuple[Skipped, ...] = ()
+    split: str = ALL_SPLITS
+    split_source: str | None = None
+    split_excluded: int = 0
 
     @property
     def findings(self) -> tuple[str, ...]:
@@ -103,7 +116,7 @@ class Manifest:
 
 
 def read_manifest(path: str | Path, *, layout: str = "auto", images_root: str | Path | None = None,
-                  labeler: Callable[[str], object] | None = None) -> Manifest:
+                  labeler: Callable[[str], object] | None = None, split: str | None = None) -> Manifest:
     """Read a labelled dataset.
 
     Parameters
@@ -119,6 +132,12 @@ def read_manifest(path: str | Path, *, layout: str = "auto", images_root: str | 
     labeler
         Report text -> ``prompts.Findings``; default ``prompts.extract_findings``. Used when labels
         come from report text (our CSV with a ``report`` column only, OpenI XML).
+    split
+        The split to keep: "test", "validate", "train" (or any value of our CSV's ``split`` column),
+        or "all" for no filter. Default (None): "test" where the dataset says which rows are test
+        data (MIMIC-CXR: ``mimic-cxr-2.0.0-split.csv[.gz]`` next to the label CSV or under
+        ``images_root``; our CSV: a ``split`` column), else "all". CheXpert and OpenI have no split
+        information (the file is the split).
 
     Returns
     -------
@@ -129,26 +148,35 @@ def read_manifest(path: str | Path, *, layout: str = "auto", images_root: str | 
     ------
     ManifestError
         The file is missing, the layout is unknown or cannot be detected, a required column is
-        missing, or not one row is usable.
+        missing, a split is asked for and the dataset has no split information or no row in that
+        split, or not one row is usable.
     """
     path = Path(path)
     if layout not in LAYOUTS:
         raise ManifestError(f"unknown manifest layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not path.exists():
         raise ManifestError(f"manifest {path} does not exist; pass the CSV or XML file (or a folder of XML)")
+    if split is not None:
+        split = split.strip().lower()
+        if not split:
+            raise ManifestError("the split is empty; pass --split test (or validate, train, all)")
     root = Path(images_root) if images_root is not None else None
     if layout == "auto":
         layout = _detect_layout(path)
+    if layout in ("openi", "chexpert") and split not in (None, ALL_SPLITS):
+        raise ManifestError(
+            f"--split {split}: the {layout} layout has no split information (the file you pass is the "
+            "split, e.g. CheXpert's valid.csv); drop --split or pass --split all")
     if layout == "openi":
         manifest = _read_openi(path, root, labeler)
     else:
         header, rows = _read_csv(path)
         if layout == "csv":
-            manifest = _read_ours(path, header, rows, root, labeler)
+            manifest = _read_ours(path, header, rows, root, labeler, split)
         elif layout == "chexpert":
             manifest = _read_chexpert(path, header, rows, root)
         else:
-            manifest = _read_mimic(path, header, rows, root)
+            manifest = _read_mimic(path, header, rows, root, split)
     if not manifest.cases:
         reasons = "; ".join(f"row {s.row}: {s.reason}" for s in manifest.skipped[:3]) or "it has no rows"
         raise ManifestError(f"manifest {path} ({manifest.layout} layout) has no usable case: {reasons}")
@@ -188,7 +216,7 @@ def load_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise UnreadableImage(f"image {path.name} not found (looked for {path})")
+        raise UnreadableImage(f"image {path.name} not found")
     try:
         if _is_dicom(path):
             from imaging import read_radiograph  # lazy: pydicom is only needed for DICOM rows
@@ -208,12 +236,45 @@ def load_image(path: str | Path) -> np.ndarray:
         except UnidentifiedImageError as exc:
             raise UnreadableImage(
                 f"image {path.name} is neither DICOM nor an image Pillow can read "
-                f"(PNG, JPEG): {exc}") from exc
+                f"(PNG, JPEG): {_without_folders(str(exc), path)}") from exc
     except (UnreadableImage, ImportError):
         raise              # a missing package is the installation's problem, not this row's
     except Exception as exc:  # any decoder failure is a row problem, never a crash of the run
         code = getattr(exc, "code", type(exc).__name__)
-        raise UnreadableImage(f"image {path.name} could not be decoded ({code}): {exc}") from exc
+        raise UnreadableImage(f"image {path.name} could not be decoded ({code}): "
+                              f"{_without_folders(str(exc), path)}") from exc
+
+
+def path_case_id(value: str | Path, bases: Iterable[Path] = ()) -> str:
+    """A short, stable case id for a row without an id column: ``img-`` + 12 hex of SHA-256.
+
+    Site exports often carry MRNs or accession numbers in folder and file names; the id written to
+    per_image.csv, results.json and report.html must not. The hash is of the path relative to the
+    first of ``bases`` that holds it (as written when none does), with ``/`` separators, so the id
+    survives moving the dataset. Not anonymisation: a short identifier in a known path pattern can be
+    recovered by hashing every candidate; give an ``id`` column before sharing results.
+    """
+    p = PurePath(value)
+    for base in bases:
+        try:
+            p = p.relative_to(base)
+            break
+        except ValueError:
+            continue
+    return "img-" + hashlib.sha256(p.as_posix().encode("utf-8")).hexdigest()[:12]
+
+
+def _without_folders(message: str, path: Path) -> str:
+    """A decoder's message with the image's folders cut out (they may hold MRNs / accessions)."""
+    spellings = {str(path), str(path.absolute()), str(path.resolve())}
+    for s in sorted(spellings, key=len, reverse=True):
+        message = message.replace(s, path.name)
+    # whole folder paths only ("/a/MRN123"), never a bare "/" or a word like "images" in the text
+    folders = {f for f in (str(path.parent), str(path.parent.absolute()), str(path.parent.resolve()))
+               if len(f) > 1 and ("/" in f or "\\" in f)}
+    for s in sorted(folders, key=len, reverse=True):
+        message = message.replace(s, "<folder>")
+    return message
 
 
 # --- layouts ------------------------------------------------------------------------------------
@@ -297,8 +358,13 @@ def _labels_from_report(text: str, labeler: Callable[[str], object] | None) -> d
     return {f.name: ("absent" if f.presence == "not_mentioned" else f.presence) for f in findings}
 
 
+def _split_values(values: Iterable[str]) -> str:
+    seen = sorted({v for v in values if v})
+    return ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "") if seen else "none"
+
+
 def _read_ours(path: Path, header: list[str], rows: list[dict[str, str]], root: Path | None,
-               labeler) -> Manifest:
+               labeler, split: str | None) -> Manifest:
     by_norm = {_norm(h): h for h in header}
     if "path" not in by_norm:
         raise ManifestError(f"manifest {path} has no `path` column; columns: {', '.join(header)}")
@@ -310,11 +376,29 @@ def _read_ours(path: Path, header: list[str], rows: list[dict[str, str]], root: 
             "`report` column to label; add one of them")
     bases = [root] if root is not None else [path.parent]
     id_col = by_norm.get("id") or by_norm.get("case_id")
-    cases, skipped = [], []
+    split_col = by_norm.get("split")
+    want = split if split is not None else ("test" if split_col else ALL_SPLITS)
+    if want != ALL_SPLITS:
+        if split_col is None:
+            raise ManifestError(f"--split {want}: manifest {path} has no `split` column; add one "
+                                "(train/validate/test) or pass --split all")
+        values = [r.get(split_col, "").strip().lower() for r in rows]
+        if want not in values:
+            raise ManifestError(f"no row of manifest {path} is in the {want!r} split (its `split` column "
+                                f"holds: {_split_values(values)}); pass --split with one of them, or --split all")
+    cases, skipped, excluded = [], [], 0
+    first_row: dict[str, int] = {}
     for i, r in enumerate(rows, start=1):
-        case_id = r.get(id_col, "") if id_col else ""
-        case_id = case_id or r[by_norm["path"]]
+        if want != ALL_SPLITS and r.get(split_col, "").strip().lower() != want:
+            excluded += 1
+            continue
+        # never the path itself as the id: site exports put MRNs / accessions in paths
+        case_id = (r.get(id_col, "") if id_col else "") or (
+            path_case_id(r[by_norm["path"]], bases) if r[by_norm["path"]] else None)
         try:
+            if case_id in first_row:
+                raise ValueError(f"case id {case_id} repeats row {first_row[case_id]}"
+                                 + ("" if id_col and r.get(id_col) else " (the same image path)"))
             if not r[by_norm["path"]]:
                 raise ValueError("the `path` cell is empty")
             report = r.get(report_col, "") if report_col else ""
@@ -334,9 +418,11 @@ def _read_ours(path: Path, header: list[str], rows: list[dict[str, str]], root: 
         except ValueError as exc:
             skipped.append(Skipped(i, case_id, str(exc)))
             continue
+        first_row[case_id] = i
         cases.append(Case(case_id=case_id, row=i, path=_resolve(r[by_norm["path"]], bases), labels=labels,
                           context=context, reference_report=report or None, abnormal=abnormal))
-    return Manifest(path, "csv", tuple(cases), tuple(skipped))
+    return Manifest(path, "csv", tuple(cases), tuple(skipped), split=want,
+                    split_source="split column" if want != ALL_SPLITS else None, split_excluded=excluded)
 
 
 def _chexpert_labels(r: dict[str, str]) -> dict[str, Label]:
@@ -361,29 +447,52 @@ def _read_chexpert(path: Path, header: list[str], rows: list[dict[str, str]], ro
     bases = [root] if root is not None else [path.parent, path.parent.parent]
     cases, skipped = [], []
     for i, r in enumerate(rows, start=1):
-        case_id = r.get(path_col, "")
+        cell = r.get(path_col, "")
+        # a site's own export in this layout may carry identifiers in its paths: hash them
+        case_id = path_case_id(cell, bases) if cell else None
         if r.get("Frontal/Lateral", "").lower() == "lateral":
             skipped.append(Skipped(i, case_id, "lateral view (only frontal images are evaluated)"))
             continue
         try:
-            if not case_id:
+            if not cell:
                 raise ValueError("the `Path` cell is empty")
             labels = _chexpert_labels(r)
             context = _context(r.get("Age", ""), r.get("Sex", ""), "")
         except ValueError as exc:
             skipped.append(Skipped(i, case_id, str(exc)))
             continue
-        cases.append(Case(case_id=case_id, row=i, path=_resolve(case_id, bases), labels=labels, context=context))
+        cases.append(Case(case_id=case_id, row=i, path=_resolve(cell, bases), labels=labels, context=context))
     return Manifest(path, "chexpert", tuple(cases), tuple(skipped))
 
 
-def _read_mimic(path: Path, header: list[str], rows: list[dict[str, str]], root: Path | None) -> Manifest:
+def _read_mimic(path: Path, header: list[str], rows: list[dict[str, str]], root: Path | None,
+                split: str | None) -> Manifest:
     """MIMIC-CXR(-JPG): labels per study; the frontal image comes from the metadata CSV.
 
     Image path: ``files/p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg`` (or ``.dcm``)
-    under ``images_root`` (default: the label CSV's folder).
+    under ``images_root`` (default: the label CSV's folder). Studies outside ``split`` (default
+    "test" when the official split file is found) are left out before anything else.
     """
     base = root if root is not None else path.parent
+    split_path = next((d / n for d in (path.parent, base) for n in MIMIC_SPLIT_FILES if (d / n).is_file()), None)
+    want = split if split is not None else ("test" if split_path is not None else ALL_SPLITS)
+    in_split: set[str] | None = None
+    if want != ALL_SPLITS:
+        if split_path is None:
+            raise ManifestError(
+                f"--split {want} needs mimic-cxr-2.0.0-split.csv(.gz) (distributed with MIMIC-CXR-JPG, beside "
+                f"the label CSV) next to {path.name} or under {base}; without it pass --split all, which "
+                "scores every study, most of them the model's training data (not comparable with the "
+                "paper's test-set F1)")
+        split_header, split_rows = _read_csv(split_path)
+        if not {"study_id", "split"} <= set(split_header):
+            raise ManifestError(f"MIMIC-CXR split file {split_path.name} needs study_id and split columns; "
+                                f"it has {', '.join(split_header)}")
+        in_split = {s["study_id"] for s in split_rows if s["split"].lower() == want}
+        if not in_split:
+            raise ManifestError(f"no study of {split_path.name} is in the {want!r} split (its splits: "
+                                f"{_split_values(s['split'].lower() for s in split_rows)}); pass one of them "
+                                "or --split all")
     meta_path = next((d / n for d in (path.parent, base) for n in
                       ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv.gz")
                       if (d / n).is_file()), None)
@@ -403,10 +512,13 @@ def _read_mimic(path: Path, header: list[str], rows: list[dict[str, str]], root:
         best = frontal.get(study)
         if best is None or rank[view] < best[0]:
             frontal[study] = (rank[view], m.get("dicom_id", ""), m.get("subject_id", ""))
-    cases, skipped = [], []
+    cases, skipped, excluded = [], [], 0
     for i, r in enumerate(rows, start=1):
         study, subject = r.get("study_id", ""), r.get("subject_id", "")
         case_id = f"s{study}"
+        if in_split is not None and study not in in_split:
+            excluded += 1
+            continue
         if study not in frontal:
             skipped.append(Skipped(i, case_id, "no PA/AP image for this study in the metadata CSV"))
             continue
@@ -421,7 +533,8 @@ def _read_mimic(path: Path, header: list[str], rows: list[dict[str, str]], root:
         if not image.exists() and (folder / f"{dicom_id}.dcm").exists():
             image = folder / f"{dicom_id}.dcm"
         cases.append(Case(case_id=case_id, row=i, path=image, labels=labels))
-    return Manifest(path, "mimic", tuple(cases), tuple(skipped))
+    return Manifest(path, "mimic", tuple(cases), tuple(skipped), split=want,
+                    split_source=split_path.name if in_split is not None else None, split_excluded=excluded)
 
 
 def _read_openi(path: Path, root: Path | None, labeler) -> Manifest:
@@ -486,5 +599,5 @@ def _is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-__all__ = ["Case", "Label", "Manifest", "Skipped", "LAYOUTS", "CHEXPERT_COLUMNS", "read_manifest",
-           "select_cases", "load_image"]
+__all__ = ["Case", "Label", "Manifest", "Skipped", "LAYOUTS", "CHEXPERT_COLUMNS", "ALL_SPLITS", "read_manifest",
+           "select_cases", "load_image", "path_case_id"]

@@ -7,18 +7,35 @@ from dataclasses import asdict, dataclass, replace
 from evaluation.errors import PlanError
 
 # Prompts whose output the harness can score: two report prompts (the labeler reads the text) and
-# the per-finding yes/no questions (P(Yes) per finding, no sampling).
+# the per-finding yes/no questions (P(Yes) per finding, no sampling). The question arm is asked
+# without the clinical context, like report.v1, so that basic vs context vs question compares the
+# prompts and not the information given; "finding_question.v1+context" is the same template with the
+# case's context block, the counterpart of report_context.v1.
 REPORT_PROMPTS: tuple[str, ...] = ("report.v1", "report_context.v1")
 SCORE_PROMPT = "finding_question.v1"
-EVALUATION_PROMPTS: tuple[str, ...] = REPORT_PROMPTS + (SCORE_PROMPT,)
+SCORE_CONTEXT_PROMPT = "finding_question.v1+context"
+SCORE_PROMPTS: tuple[str, ...] = (SCORE_PROMPT, SCORE_CONTEXT_PROMPT)
+EVALUATION_PROMPTS: tuple[str, ...] = REPORT_PROMPTS + SCORE_PROMPTS
+CONTEXT_PROMPTS: frozenset[str] = frozenset({"report_context.v1", SCORE_CONTEXT_PROMPT})
 SCORE_THRESHOLD = 0.5          # P(Yes) >= this -> "present" when the question prompt is scored as labels
+
+
+def template_of(prompt: str) -> str:
+    """The ``prompts`` template an evaluation prompt renders ("finding_question.v1+context" -> its template)."""
+    return SCORE_PROMPT if prompt == SCORE_CONTEXT_PROMPT else prompt
+
+
+def context_variant(prompt: str) -> str:
+    """"with" when the prompt shows the case's clinical context (age, sex, indication), else "without"."""
+    return "with" if prompt in CONTEXT_PROMPTS else "without"
 
 
 @dataclass(frozen=True)
 class Plan:
     """One evaluation: every (prompt, temperature, top_p, repeat) for every selected case.
 
-    ``finding_question.v1`` is scored once per case (deterministic: no temperature, no repeats).
+    The question prompts (``SCORE_PROMPTS``) are scored once per case (deterministic: no
+    temperature, no repeats).
     Seeds are derived per generation from ``seed`` (see ``generation_seed``), so a resumed or
     re-run evaluation samples the same way.
     """
@@ -65,7 +82,7 @@ class Plan:
         """Every (prompt, temperature, top_p, repeat) to run per case, in a stable order."""
         out = []
         for prompt in self.prompts:
-            if prompt == SCORE_PROMPT:
+            if prompt in SCORE_PROMPTS:
                 out.append((prompt, None, None, 0))
                 continue
             for t in self.temperatures:
@@ -80,11 +97,12 @@ class Plan:
 
 
 # The paper's experiments (arXiv 2310.18341): a temperature sweep at top_p 0.8 with 10 repeats;
-# prompt variants; zero-shot normal-vs-abnormal on a paediatric subset (age < 18).
+# prompt variants (basic / context / questions, and the questions with context so that both prompt
+# styles are seen with and without it); zero-shot normal-vs-abnormal on a paediatric subset (age < 18).
 PRESETS: dict[str, dict] = {
     "temperature-sweep": {"prompts": ("report.v1",), "temperatures": (0.2, 0.4, 0.6, 0.8, 1.0),
                           "top_ps": (0.8,), "repeats": 10},
-    "prompt-comparison": {"prompts": ("report.v1", "report_context.v1", "finding_question.v1"),
+    "prompt-comparison": {"prompts": ("report.v1", "report_context.v1", SCORE_PROMPT, SCORE_CONTEXT_PROMPT),
                           "temperatures": (0.2,), "top_ps": (0.8,), "repeats": 1},
     "pediatric-abnormal": {"prompts": ("report.v1",), "temperatures": (0.2,), "top_ps": (0.8,),
                            "repeats": 1, "max_age": 17},

@@ -24,6 +24,7 @@ def render_html(results: Mapping) -> str:
         f"<p class='note'>{escape(results.get('note', ''))}</p>",
         "<h2>Setup</h2><table>",
         _tr("Manifest", escape(f"{ds['manifest']} ({ds['layout']} layout)")),
+        _tr("Split", escape(_split(ds.get("split")))),
         _tr("Cases", f"{ds['cases_evaluated']} evaluated of {ds['cases_selected']} selected "
                      f"({ds['cases_in_manifest']} usable in the manifest, {len(ds['skipped_rows'])} rows skipped, "
                      f"{len(ds['unreadable'])} unreadable)"),
@@ -61,6 +62,12 @@ def _published(results: Mapping) -> str:
                     + "; ".join(f"{escape(_run_name(r))}: F1 {_fmt(r['metrics']['exclude']['macro']['f1'])}"
                                 for r in ours) + "</p>")
     return "".join(rows)
+
+
+def _split(split: Mapping | None) -> str:
+    if not split or split["kept"] == "all":
+        return "all rows (no split filter)"
+    return f"{split['kept']} only (from {split['source']}; {split['rows_outside_split']} rows outside it left out)"
 
 
 def _run_name(run: Mapping) -> str:
@@ -144,21 +151,24 @@ def _sweep_section(results: Mapping) -> str:
 
 
 def _roc_section(results: Mapping) -> str:
+    """ROC curves from P(Yes), one panel per question prompt (without / with clinical context)."""
     runs = [r for r in results["runs"] if "scores" in r]
     if not runs:
         return ""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    for name, sc in runs[0]["scores"].items():
-        auc = sc["auc"]["value"]
-        if auc is None:            # one class only: no curve to draw (listed in the tables)
-            continue
-        ax.plot(sc["roc"]["fpr"], sc["roc"]["tpr"], label=f"{name} (AUC {auc:.2f}, n={sc['n']})",
-                linewidth=2.5 if name == "abnormal" else 1.5)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC from P(Yes), finding_question.v1",
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(fontsize=8, loc="lower right")
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5.5), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        for name, sc in run["scores"].items():
+            auc = sc["auc"]["value"]
+            if auc is None:            # one class only: no curve to draw (listed in the tables)
+                continue
+            ax.plot(sc["roc"]["fpr"], sc["roc"]["tpr"], label=f"{name} (AUC {auc:.2f}, n={sc['n']})",
+                    linewidth=2.5 if name == "abnormal" else 1.5)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC from P(Yes), {run['prompt']}",
+               xlim=(0, 1), ylim=(0, 1.01))
+        if ax.get_legend_handles_labels()[0]:      # no curve when every finding has one class only
+            ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return "<h2>ROC curves</h2>" + _img(fig)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from evaluation import metrics as M
 from evaluation.manifest import Case, Manifest
-from evaluation.plan import SCORE_PROMPT, Plan
+from evaluation.plan import SCORE_PROMPTS, Plan, context_variant
 from prompts.findings import FINDING_NAMES, PRIMARY_FINDINGS
 
 SCHEMA = "cxr-cds.evaluation.v1"
@@ -31,7 +31,7 @@ PUBLISHED = {
 
 def summarize(manifest: Manifest, cases: Sequence[Case], rows: Mapping[tuple, Mapping[str, str]], plan: Plan,
               identity: Mapping[str, object], *, unreadable: Sequence[dict] = (), generated: int = 0,
-              reused: int = 0) -> dict:
+              reused: int = 0, relabelled: int = 0) -> dict:
     """results.json: dataset, model, plan, and per run (prompt x temperature x top_p) the metrics.
 
     Per run and per uncertain-label policy (exclude = the paper's protocol, positive, negative):
@@ -74,13 +74,16 @@ def summarize(manifest: Manifest, cases: Sequence[Case], rows: Mapping[tuple, Ma
             "cases_in_manifest": len(manifest.cases), "cases_selected": len(cases),
             "cases_evaluated": len({r["case_id"] for r in rows.values()}),
             "findings": columns[:-1], "primary_findings": primary,
+            "split": {"kept": manifest.split, "source": manifest.split_source,
+                      "rows_outside_split": manifest.split_excluded},
             "filters": {"min_age": plan.min_age, "max_age": plan.max_age, "limit": plan.limit},
             "skipped_rows": [s.to_json() for s in manifest.skipped],
             "unreadable": list(unreadable),
         },
         "model": dict(identity),
         "plan": plan.to_json(),
-        "work": {"model_calls_now": generated, "reused_from_per_image_csv": reused},
+        "work": {"model_calls_now": generated, "reused_from_per_image_csv": reused,
+                 "labels_changed_on_reuse": relabelled},
         "runs": runs,
         "published": PUBLISHED,
     }
@@ -105,7 +108,7 @@ def _run(prompt: str, t: str, p: str, rows: Sequence[Mapping[str, str]], truth: 
             scores[i, j] = float(v) if v else np.nan
     evaluated = (pred_all != M.UNKNOWN).any(axis=(1, 2))             # (n_cases,) cases with output
     idx = [FINDING_NAMES.index(n) for n in columns[:-1]]
-    if prompt == SCORE_PROMPT:
+    if prompt in SCORE_PROMPTS:
         # no model answer for the non-primary findings or the abnormal flag: thresholded scores only
         pred_abn = M.abnormal_codes(pred_all, list(FINDING_NAMES), [n for n in PRIMARY_FINDINGS if n in pathologies])
     else:
@@ -113,7 +116,8 @@ def _run(prompt: str, t: str, p: str, rows: Sequence[Mapping[str, str]], truth: 
     pred = np.concatenate([pred_all[..., idx], pred_abn[..., None]], axis=-1)  # (n, r, n_cols)
     tr, pr = truth[evaluated], pred[evaluated]
 
-    out = {"prompt": prompt, "temperature": float(t) if t else None, "top_p": float(p) if p else None,
+    out = {"prompt": prompt, "context": context_variant(prompt),
+           "temperature": float(t) if t else None, "top_p": float(p) if p else None,
            "repeats": repeats, "cases": int(evaluated.sum()), "generations": len(rows), "metrics": {}}
     for policy in M.POLICIES:
         out["metrics"][policy] = M.confusion_metrics(
@@ -129,7 +133,7 @@ def _run(prompt: str, t: str, p: str, rows: Sequence[Mapping[str, str]], truth: 
         out["macro_f1_by_repeat"] = {"values": per_repeat,
                                      "mean": float(np.mean(vals)) if vals else None,
                                      "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
-    if prompt == SCORE_PROMPT:
+    if prompt in SCORE_PROMPTS:
         s = scores[evaluated]
         score_cols = [n for n in PRIMARY_FINDINGS if n in columns]
         s_cols = s[:, [PRIMARY_FINDINGS.index(n) for n in score_cols]]

@@ -3,6 +3,8 @@
 `per_image.csv` is both the record and the cache: one row per generation with its settings, its
 text and the labels read from it, appended and flushed batch by batch. A resumed run reads it back
 and generates only what is missing; a row cut short by an interruption is dropped and redone.
+What is cached is the model's output (text, P(Yes)); the pred_* labels are derived again from it on
+every run, so a changed labeler or threshold never leaves stale labels behind (labelling is cheap).
 """
 from __future__ import annotations
 
@@ -21,12 +23,14 @@ import numpy as np
 
 from evaluation.errors import UnreadableImage
 from evaluation.manifest import Case, load_image
-from evaluation.plan import SCORE_PROMPT, SCORE_THRESHOLD, Plan, fmt, generation_seed
+from evaluation.plan import SCORE_PROMPTS, SCORE_THRESHOLD, Plan, context_variant, fmt, generation_seed, template_of
 from evaluation.reader import Reader, ReadRequest, Sampling
+from prompts.context import ClinicalContext
 from prompts.findings import FINDING_NAMES, PRIMARY_FINDINGS
 
 PER_IMAGE = "per_image.csv"
-KEY_FIELDS = ("case_id", "prompt", "temperature", "top_p", "repeat", "base_seed", "max_new_tokens",
+# "context": "with"/"without" the case's clinical context in the prompt (the prompt variant)
+KEY_FIELDS = ("case_id", "prompt", "context", "temperature", "top_p", "repeat", "base_seed", "max_new_tokens",
               "model", "model_revision", "dtype", "quantization")
 COLUMNS = (KEY_FIELDS + ("row", "seed", "new_tokens", "created", "text")
            + tuple(f"pred_{n}" for n in FINDING_NAMES) + tuple(f"score_{n}" for n in PRIMARY_FINDINGS)
@@ -38,18 +42,55 @@ def row_key(row: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(str(row.get(k, "")) for k in KEY_FIELDS)
 
 
-class PerImageLog:
-    """per_image.csv: read back on open (valid rows only, file rewritten clean), appended per batch."""
+def set_predictions(row: dict[str, str], label_text: Callable[[str], Mapping[str, str]]) -> None:
+    """Fill a row's pred_* from what the model produced: P(Yes) >= SCORE_THRESHOLD for the question
+    prompts, ``label_text(text)`` (finding -> presence) for reports."""
+    if row.get("prompt") in SCORE_PROMPTS:
+        row.update({f"pred_{n}": "" for n in FINDING_NAMES})
+        for name in PRIMARY_FINDINGS:
+            v = row.get(f"score_{name}", "")
+            if v:
+                row[f"pred_{name}"] = "present" if float(v) >= SCORE_THRESHOLD else "absent"
+        return
+    presence = label_text(row.get("text", ""))
+    row.update({f"pred_{n}": presence.get(n, "not_mentioned") for n in FINDING_NAMES})
 
-    def __init__(self, path: Path):
+
+def text_labeler(labeler: Callable[[str], object]) -> Callable[[str], dict[str, str]]:
+    """``labeler`` (text -> prompts.Findings) as text -> {finding: presence}, memoised per text
+    (repeats at low temperature often produce the same report)."""
+    memo: dict[str, dict[str, str]] = {}
+
+    def label_text(text: str) -> dict[str, str]:
+        if text not in memo:
+            memo[text] = {f.name: f.presence for f in labeler(text)}
+        return memo[text]
+
+    return label_text
+
+
+class PerImageLog:
+    """per_image.csv: read back on open (valid rows only, labels derived again, file rewritten clean),
+    appended per batch.
+
+    ``relabel(row)`` sets a read-back row's pred_* from its stored output; ``relabelled`` counts the
+    rows whose labels it changed.
+    """
+
+    def __init__(self, path: Path, relabel: Callable[[dict[str, str]], None] | None = None):
         self.path = Path(path)
         self.rows: dict[tuple[str, ...], dict[str, str]] = {}
+        self.relabelled = 0
         if self.path.exists():
             with open(self.path, newline="", encoding="utf-8") as f:
                 try:
                     for r in csv.DictReader(f):
                         # a row cut short by an interruption lacks its last field(s)
                         if r.get("complete") == "1" and None not in r:
+                            if relabel is not None:
+                                before = [r.get(f"pred_{n}", "") for n in FINDING_NAMES]
+                                relabel(r)
+                                self.relabelled += before != [r[f"pred_{n}"] for n in FINDING_NAMES]
                             self.rows[row_key(r)] = r
                 except csv.Error:
                     pass    # an unterminated quoted field at the end: the rows before it are kept
@@ -113,10 +154,12 @@ class Progress:
 
 @dataclass
 class RunLog:
-    """What a run did: calls made now, rows reused from the cache, images that could not be read."""
+    """What a run did: calls made now, rows reused from the cache (``relabelled``: of all rows read
+    back, those whose labels changed when derived again), images that could not be read."""
 
     generated: int = 0
     reused: int = 0
+    relabelled: int = 0
     unreadable: list[dict] = field(default_factory=list)
 
 
@@ -136,7 +179,8 @@ def run(cases: Sequence[Case], reader: Reader, plan: Plan, out_dir: str | Path, 
     out_dir
         Output folder; ``per_image.csv`` there is read back first (resume).
     labeler
-        Report text -> ``prompts.Findings``; default ``prompts.extract_findings``.
+        Report text -> ``prompts.Findings``; default ``prompts.extract_findings``. Also re-labels
+        every report read back from per_image.csv.
     batch_size
         Images per model call (same settings), and images decoded ahead.
     workers
@@ -152,16 +196,18 @@ def run(cases: Sequence[Case], reader: Reader, plan: Plan, out_dir: str | Path, 
     """
     if labeler is None:
         from prompts import extract_findings as labeler
+    label_text = text_labeler(labeler)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = PerImageLog(out_dir / PER_IMAGE)
+    log = PerImageLog(out_dir / PER_IMAGE, relabel=lambda row: set_predictions(row, label_text))
     ident = {k: fmt(reader.identity.get(k)) for k in ("name", "revision", "dtype", "quantization")}
     settings = plan.settings()
 
     def key_of(case: Case, s) -> tuple[str, ...]:
         prompt, t, p, r = s
-        sampled = prompt != SCORE_PROMPT          # yes/no scores use neither a seed nor a token cap
-        row = {"case_id": case.case_id, "prompt": prompt, "temperature": fmt(t), "top_p": fmt(p),
+        sampled = prompt not in SCORE_PROMPTS     # yes/no scores use neither a seed nor a token cap
+        row = {"case_id": case.case_id, "prompt": prompt, "context": context_variant(prompt),
+               "temperature": fmt(t), "top_p": fmt(p),
                "repeat": fmt(r), "base_seed": fmt(plan.seed) if sampled else "",
                "max_new_tokens": fmt(plan.max_new_tokens) if sampled else "",
                "model": ident["name"], "model_revision": ident["revision"], "dtype": ident["dtype"],
@@ -170,7 +216,7 @@ def run(cases: Sequence[Case], reader: Reader, plan: Plan, out_dir: str | Path, 
 
     todo: list[tuple[Case, list]] = []
     wanted: list[tuple[str, ...]] = []
-    runlog = RunLog()
+    runlog = RunLog(relabelled=log.relabelled)
     for case in cases:
         pending = []
         for s in settings:
@@ -205,13 +251,13 @@ def run(cases: Sequence[Case], reader: Reader, plan: Plan, out_dir: str | Path, 
                         runlog.unreadable.append({"row": case.row, "case_id": case.case_id,
                                                   "error": exc.code, "message": str(exc)})
                         bar.total -= len(pending)
-                runlog.generated += _generate_chunk(loaded, reader, plan, key_of, labeler, bar, log.append)
+                runlog.generated += _generate_chunk(loaded, reader, plan, key_of, label_text, bar, log.append)
     finally:
         log.close()
     return {k: log.rows[k] for k in wanted if k in log.rows}, runlog
 
 
-def _generate_chunk(loaded, reader: Reader, plan: Plan, key_of, labeler, bar: Progress,
+def _generate_chunk(loaded, reader: Reader, plan: Plan, key_of, label_text, bar: Progress,
                     sink: Callable[[list[dict]], None]) -> int:
     """Run every pending setting for a chunk of decoded images; each model call's rows go to
     ``sink`` (per_image.csv) at once, so an interruption loses at most the call in flight."""
@@ -226,17 +272,18 @@ def _generate_chunk(loaded, reader: Reader, plan: Plan, key_of, labeler, bar: Pr
             by_setting.setdefault(s, []).append((case, image))
     for s, items in by_setting.items():
         prompt_key, t, p, r = s
-        if prompt_key == SCORE_PROMPT:
+        # only the context arms see age/sex/indication; the others get an empty context, so that
+        # report.v1 vs report_context.v1 vs the questions differ by prompt, not by information given
+        with_context = context_variant(prompt_key) == "with"
+        if prompt_key in SCORE_PROMPTS:
             for case, image in items:
-                scores = reader.score(image, finding_questions(case.context))
+                scores = reader.score(image, finding_questions(case.context if with_context else ClinicalContext()))
                 key, row = key_of(case, s)
                 row.update(row=str(case.row), seed="", new_tokens="", created=created, text="")
-                row.update({f"pred_{n}": "" for n in FINDING_NAMES})
                 for name in PRIMARY_FINDINGS:
                     prob = scores.get(name)
                     row[f"score_{name}"] = "" if prob is None else repr(float(prob))
-                    if prob is not None:
-                        row[f"pred_{name}"] = "present" if prob >= SCORE_THRESHOLD else "absent"
+                set_predictions(row, label_text)
                 sink([row])
                 done += 1
                 bar.update(1)
@@ -244,7 +291,8 @@ def _generate_chunk(loaded, reader: Reader, plan: Plan, key_of, labeler, bar: Pr
         requests = []
         for case, image in items:
             requests.append(ReadRequest(
-                case_id=case.case_id, repeat=r, image=image, prompt=render(prompt_key, case.context),
+                case_id=case.case_id, repeat=r, image=image,
+                prompt=render(template_of(prompt_key), case.context if with_context else ClinicalContext()),
                 sampling=Sampling(temperature=t, top_p=p, max_new_tokens=plan.max_new_tokens,
                                   seed=generation_seed(plan.seed, case.case_id, prompt_key, t, p, r))))
         readings = reader.generate(requests)
@@ -252,13 +300,11 @@ def _generate_chunk(loaded, reader: Reader, plan: Plan, key_of, labeler, bar: Pr
             raise RuntimeError(f"the model returned {len(readings)} outputs for {len(requests)} requests")
         rows = []
         for req, (case, _), reading in zip(requests, items, readings):
-            findings = labeler(reading.text)
             key, row = key_of(case, s)
             row.update(row=str(case.row), seed=str(req.sampling.seed), created=created, text=reading.text,
                        new_tokens=fmt(reading.new_tokens))
-            presence = {f.name: f.presence for f in findings}
-            row.update({f"pred_{n}": presence.get(n, "not_mentioned") for n in FINDING_NAMES})
             row.update({f"score_{n}": "" for n in PRIMARY_FINDINGS})
+            set_predictions(row, label_text)
             rows.append(row)
         sink(rows)
         done += len(rows)

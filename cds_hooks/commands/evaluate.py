@@ -25,7 +25,8 @@ def _fail(message: str) -> None:
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="One of the paper's experiments; explicit options override its values.")
 @click.option("--prompt", "prompts", multiple=True, type=click.Choice(EVALUATION_PROMPTS),
-              help="Prompt template(s) [default: report.v1].")
+              help="Prompt(s) [default: report.v1]. finding_question.v1 asks the yes/no questions without the "
+                   "clinical context (like report.v1); finding_question.v1+context adds it (like report_context.v1).")
 @click.option("--temperature", "temperatures", multiple=True, type=float, help="Temperature(s) [default: 0.2].")
 @click.option("--top-p", "top_ps", multiple=True, type=float, help="top_p value(s) [default: 0.8].")
 @click.option("--repeats", type=int, default=None, help="Generations per image and setting [default: 1].")
@@ -35,6 +36,9 @@ def _fail(message: str) -> None:
 @click.option("--max-age", type=int, default=None, help="Only cases at most this old (years).")
 @click.option("--max-new-tokens", type=int, default=None, help="Cap on generated tokens per report.")
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for CIs [default: 1000].")
+@click.option("--split", default=None, metavar="NAME",
+              help="Keep only this split: test, validate, train (MIMIC-CXR split file, or a `split` column "
+                   "in our CSV), or all [default: test when the dataset has split information, else all].")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True)
 @click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Where relative image paths start [default: the manifest's folder].")
@@ -47,7 +51,7 @@ def _fail(message: str) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Threads decoding images ahead of the model.")
 def evaluate(dataset, model_ref, out_dir, preset, prompts, temperatures, top_ps, repeats, seed, limit, min_age,
-             max_age, max_new_tokens, bootstrap, layout, images_root, revision, device, dtype, quantization,
+             max_age, max_new_tokens, bootstrap, split, layout, images_root, revision, device, dtype, quantization,
              batch_size, workers) -> None:
     """Evaluate the model on a labelled dataset: F1 etc. per finding with 95% CIs, as in the paper.
 
@@ -60,9 +64,16 @@ def evaluate(dataset, model_ref, out_dir, preset, prompts, temperatures, top_ps,
         plan = make_plan(preset, prompts=list(prompts), temperatures=list(temperatures), top_ps=list(top_ps),
                          repeats=repeats, seed=seed, limit=limit, min_age=min_age, max_age=max_age,
                          max_new_tokens=max_new_tokens, bootstrap=bootstrap)
-        manifest = read_manifest(dataset, layout=layout, images_root=images_root)
+        manifest = read_manifest(dataset, layout=layout, images_root=images_root, split=split)
     except EvaluationError as exc:
         _fail(str(exc))
+    if manifest.split != "all":
+        click.echo(f"split: {manifest.split} only ({manifest.split_source}; "
+                   f"{manifest.split_excluded} rows outside it left out)", err=True)
+    elif manifest.layout == "mimic" and split is None:
+        click.echo("warning: no mimic-cxr-2.0.0-split.csv(.gz) beside the labels or under --images-root: "
+                   "scoring every study, most of them the model's training data; not comparable with the "
+                   "paper's test-set F1 0.81 (add the split file, or pass --split all to silence this)", err=True)
 
     from model_runtime import ModelRuntimeError
 

@@ -46,6 +46,7 @@ class ScriptedReader:
         self.generated: list[tuple] = []      # (case_id, prompt key, temperature, top_p, repeat, seed)
         self.scored: list[int] = []           # image values scored
         self.prompts_seen: list = []
+        self.questions_seen: list[dict] = []  # the question prompts of each score() call
 
     def _value(self, image: np.ndarray) -> int:
         assert image.dtype == np.uint8 and image.ndim == 2, (image.dtype, image.shape)
@@ -68,6 +69,7 @@ class ScriptedReader:
     def score(self, image, prompts):
         value = self._value(image)
         self.scored.append(value)
+        self.questions_seen.append(dict(prompts))
         assert all(p.key == "finding_question.v1" for p in prompts.values())
         return {name: self.scores[value].get(name, 0.2) for name in prompts}
 

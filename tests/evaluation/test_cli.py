@@ -87,3 +87,31 @@ def test_unknown_preset_is_a_usage_error(tiny_manifest, tmp_path):
                                        "--out", str(tmp_path), "--preset", "all-of-them"])
     assert result.exit_code == 2
     assert "'all-of-them' is not one of" in result.output
+
+
+def test_split_without_split_column_fails_before_loading_the_model(tiny_manifest, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", str(tiny_manifest), "--model", "never-loaded",
+                                       "--out", str(tmp_path), "--split", "test"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --split test: manifest ") and "has no `split` column" in result.output
+
+
+def test_mimic_without_split_file_warns(tmp_path, data_dir):
+    import shutil
+
+    for name in ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-metadata.csv"):
+        shutil.copy(data_dir / "mimic" / name, tmp_path)
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", str(tmp_path / "mimic-cxr-2.0.0-chexpert.csv"),
+                                       "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1                                     # no model here: stops after the warning
+    assert "warning: no mimic-cxr-2.0.0-split.csv(.gz) beside the labels" in result.output
+    assert "not comparable with the paper's test-set F1 0.81" in result.output
+
+
+def test_mimic_split_is_announced(tmp_path, data_dir):
+    labels = data_dir / "mimic" / "mimic-cxr-2.0.0-chexpert.csv"
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", str(labels), "--model", str(tmp_path / "no-model"),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "split: test only (mimic-cxr-2.0.0-split.csv; 1 rows outside it left out)" in result.output
+    assert "warning" not in result.output

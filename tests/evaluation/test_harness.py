@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -150,7 +152,7 @@ def test_resume_recomputes_nothing(main_run, data_dir):
     plan = make_plan(prompts=["report.v1", "finding_question.v1"], bootstrap=200)
     second = _run(data_dir, out, again, plan, batch_size=4)
     assert again.generated == [] and again.scored == []
-    assert second["work"] == {"model_calls_now": 0, "reused_from_per_image_csv": 12}
+    assert second["work"] == {"model_calls_now": 0, "reused_from_per_image_csv": 12, "labels_changed_on_reuse": 0}
     assert second["runs"] == results["runs"]
 
 
@@ -166,7 +168,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, data_dir):
     results = _run(data_dir, tmp_path, second, plan, batch_size=2)
     redone = {(c, f"{t:g}", str(r)) for c, _, t, _, r, _ in second.generated}
     assert len(second.generated) == 6 * 2 * 2 - 4 and not redone & saved
-    assert results["work"] == {"model_calls_now": 20, "reused_from_per_image_csv": 4}
+    assert results["work"] == {"model_calls_now": 20, "reused_from_per_image_csv": 4, "labels_changed_on_reuse": 0}
 
 
 def test_row_cut_short_is_redone(tmp_path, data_dir):
@@ -216,6 +218,93 @@ def test_context_prompt_carries_the_manifest_context(tmp_path, data_dir):
     assert "67" in prompt.user and "shortness of breath" in prompt.user
 
 
+def test_question_prompts_with_and_without_context(tmp_path, data_dir):
+    reader = ScriptedReader()
+    plan = make_plan(prompts=["report.v1", "finding_question.v1", "finding_question.v1+context"], limit=1,
+                     bootstrap=0)
+    results = _run(data_dir, tmp_path, reader, plan)
+    plain, with_context = reader.questions_seen            # c1: 67 y, female, shortness of breath
+    assert list(plain) == list(with_context) == ["atelectasis", "cardiomegaly", "consolidation", "edema",
+                                                 "pleural_effusion", "pneumothorax"]
+    assert {p.key for p in [*plain.values(), *with_context.values()]} == {"finding_question.v1"}
+    assert all("67" not in p.user and "shortness of breath" not in p.user for p in plain.values())
+    assert all("67" in p.user and "shortness of breath" in p.user for p in with_context.values())
+    [report_prompt] = reader.prompts_seen
+    assert "shortness of breath" not in report_prompt.user
+    with open(tmp_path / "per_image.csv", newline="") as f:
+        variants = {r["prompt"]: r["context"] for r in csv.DictReader(f)}
+    assert variants == {"report.v1": "without", "finding_question.v1": "without",
+                        "finding_question.v1+context": "with"}
+    assert [(r["prompt"], r["context"]) for r in results["runs"]] == [
+        ("report.v1", "without"), ("finding_question.v1", "without"), ("finding_question.v1+context", "with")]
+    assert "scores" in results["runs"][2]
+    assert "<h2>finding_question.v1+context</h2>" in (tmp_path / "report.html").read_text()
+
+
+def test_context_variant_is_part_of_the_cache_key(tmp_path, data_dir):
+    _run(data_dir, tmp_path, ScriptedReader(), make_plan(prompts=["finding_question.v1"], bootstrap=0))
+    again = ScriptedReader()
+    results = _run(data_dir, tmp_path, again, make_plan(prompts=["finding_question.v1+context"], bootstrap=0))
+    assert len(again.scored) == 6 and results["work"]["reused_from_per_image_csv"] == 0
+
+
+def test_resume_labels_the_stored_text_again(tmp_path, data_dir, monkeypatch):
+    import prompts
+
+    plan = make_plan(prompts=["report.v1", "finding_question.v1"], bootstrap=0)
+    first = _run(data_dir, tmp_path, ScriptedReader(), plan)
+    eff = _runs(first)[("report.v1", 0.2, 0.8)]["metrics"]["exclude"]["per_finding"]["pleural_effusion"]
+    assert (eff["tp"], eff["fp"]) == (2, 1)
+    real = prompts.extract_findings
+
+    def never_effusion(text):
+        """A changed labeler: the runner's default, except that it never finds an effusion."""
+        return [SimpleNamespace(name=f.name, presence="absent" if f.name == "pleural_effusion" else f.presence)
+                for f in real(text)]
+
+    monkeypatch.setattr(prompts, "extract_findings", never_effusion)
+    again = ScriptedReader()
+    second = _run(data_dir, tmp_path, again, plan)
+    assert again.generated == [] and again.scored == []                   # the model is not called again
+    # c1, c2, c4 said present, c6 did not mention it; c3, c5 were already absent; score rows unchanged
+    assert second["work"] == {"model_calls_now": 0, "reused_from_per_image_csv": 12, "labels_changed_on_reuse": 4}
+    eff = _runs(second)[("report.v1", 0.2, 0.8)]["metrics"]["exclude"]["per_finding"]["pleural_effusion"]
+    assert (eff["tp"], eff["fp"], eff["fn"], eff["tn"]) == (0, 0, 2, 3)
+    with open(tmp_path / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["pred_pleural_effusion"] for r in rows if r["prompt"] == "report.v1"} == {"absent"}
+    assert {r["pred_pleural_effusion"] for r in rows if r["prompt"] == "finding_question.v1"} == {"present",
+                                                                                                 "absent"}
+    assert len(rows) == 12
+
+
+def test_no_path_in_outputs_without_an_id_column(tmp_path, data_dir):
+    """Case ids and messages in per_image.csv, results.json and report.html never carry the folders."""
+    site = tmp_path / "export"
+    (site / "MRN12345678" / "ACC0042").mkdir(parents=True)
+    shutil.copy(data_dir / "images" / "case1.png", site / "MRN12345678" / "ACC0042" / "frontal.png")
+    shutil.copy(data_dir / "images" / "corrupt.png", site / "MRN12345678" / "ACC0042" / "lateral.png")
+    (site / "labels.csv").write_text("path,pleural_effusion\n"
+                                     "MRN12345678/ACC0042/frontal.png,1\n"
+                                     "MRN12345678/ACC0042/lateral.png,1\n"
+                                     "MRN12345678/ACC0099/frontal.png,0\n")
+    out = tmp_path / "out"
+    results = evaluate(site / "labels.csv", ScriptedReader(), make_plan(bootstrap=0), out, progress=io.StringIO())
+    assert [u["message"] for u in results["dataset"]["unreadable"]] == [
+        "image lateral.png is neither DICOM nor an image Pillow can read (PNG, JPEG): "
+        "cannot identify image file 'lateral.png'",
+        "image frontal.png not found"]
+    assert all(u["case_id"].startswith("img-") for u in results["dataset"]["unreadable"])
+    for name in ("per_image.csv", "results.json", "report.html"):
+        text = (out / name).read_text()
+        assert "MRN12345678" not in text and "ACC00" not in text, name
+
+
+def test_split_is_recorded(main_run):
+    results, *_ = main_run
+    assert results["dataset"]["split"] == {"kept": "all", "source": None, "rows_outside_split": 0}
+
+
 def test_pediatric_preset(tmp_path, data_dir):
     plan = make_plan("pediatric-abnormal", bootstrap=0)
     assert (plan.max_age, plan.prompts, plan.preset) == (17, ("report.v1",), "pediatric-abnormal")
@@ -230,7 +319,8 @@ def test_pediatric_preset(tmp_path, data_dir):
 def test_presets_match_the_paper():
     sweep = make_plan("temperature-sweep")
     assert (sweep.temperatures, sweep.top_ps, sweep.repeats) == ((0.2, 0.4, 0.6, 0.8, 1.0), (0.8,), 10)
-    assert make_plan("prompt-comparison").prompts == ("report.v1", "report_context.v1", "finding_question.v1")
+    assert make_plan("prompt-comparison").prompts == ("report.v1", "report_context.v1", "finding_question.v1",
+                                                      "finding_question.v1+context")
     assert make_plan("temperature-sweep", repeats=2, temperatures=[0.4]).temperatures == (0.4,)
     assert set(PRESETS) == {"temperature-sweep", "prompt-comparison", "pediatric-abnormal"}
 

@@ -8,6 +8,9 @@ import pytest
 from PIL import Image
 
 from evaluation import ManifestError, UnreadableImage, load_image, read_manifest, select_cases
+from evaluation.manifest import path_case_id
+
+MIMIC_FILES = ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-metadata.csv")
 
 
 def test_our_csv(data_dir):
@@ -72,15 +75,118 @@ def test_chexpert_layout(data_dir):
     assert lateral.row == 2 and lateral.reason == "lateral view (only frontal images are evaluated)"
 
 
-def test_mimic_layout_picks_the_pa_image(data_dir):
+def test_mimic_layout_picks_the_pa_image_of_test_studies(data_dir):
+    # the split file beside the labels puts s50414267 and s57375967 in test, s50771383 in train
     m = read_manifest(data_dir / "mimic" / "mimic-cxr-2.0.0-chexpert.csv")
     assert m.layout == "mimic"
+    assert (m.split, m.split_source, m.split_excluded) == ("test", "mimic-cxr-2.0.0-split.csv", 1)
     [case] = m.cases
     assert case.case_id == "s50414267"
     assert case.path.name == "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg" and case.path.is_file()
     assert case.labels["no_acute_finding"] == "present" and case.labels["pleural_effusion"] == "absent"
     [skipped] = m.skipped
     assert (skipped.case_id, skipped.reason) == ("s57375967", "no PA/AP image for this study in the metadata CSV")
+
+
+def test_mimic_other_splits(data_dir):
+    labels = data_dir / "mimic" / "mimic-cxr-2.0.0-chexpert.csv"
+    train = read_manifest(labels, split="train")
+    assert [c.case_id for c in train.cases] == ["s50771383"] and train.skipped == ()
+    assert train.cases[0].path.name == "b1c2d3e4-11111111-22222222-33333333-44444444.jpg"   # the AP image
+    everything = read_manifest(labels, split="ALL")
+    assert [c.case_id for c in everything.cases] == ["s50414267", "s50771383"]
+    assert (everything.split, everything.split_source, everything.split_excluded) == ("all", None, 0)
+    with pytest.raises(ManifestError, match=r"no study of mimic-cxr-2.0.0-split.csv is in the 'validate' split "
+                                            r"\(its splits: test, train\); pass one of them or --split all"):
+        read_manifest(labels, split="validate")
+
+
+def test_mimic_split_file_under_images_root(tmp_path, data_dir):
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "root").mkdir()
+    for name in MIMIC_FILES:
+        shutil.copy(data_dir / "mimic" / name, tmp_path / "labels")
+    shutil.copy(data_dir / "mimic" / "mimic-cxr-2.0.0-split.csv", tmp_path / "root")
+    m = read_manifest(tmp_path / "labels" / MIMIC_FILES[0], images_root=tmp_path / "root")
+    assert [c.case_id for c in m.cases] == ["s50414267"] and m.split_excluded == 1
+
+
+def test_mimic_without_split_file(tmp_path, data_dir):
+    for name in MIMIC_FILES:
+        shutil.copy(data_dir / "mimic" / name, tmp_path)
+    m = read_manifest(tmp_path / MIMIC_FILES[0])                  # default: no filter when there is no file
+    assert (m.split, m.split_source, len(m.cases)) == ("all", None, 2)
+    with pytest.raises(ManifestError, match=r"--split test needs mimic-cxr-2.0.0-split.csv\(.gz\) .* next to "
+                                            r"mimic-cxr-2.0.0-chexpert.csv or under .*; without it pass --split all"):
+        read_manifest(tmp_path / MIMIC_FILES[0], split="test")
+
+
+def test_mimic_split_file_without_split_column(tmp_path, data_dir):
+    for name in MIMIC_FILES:
+        shutil.copy(data_dir / "mimic" / name, tmp_path)
+    (tmp_path / "mimic-cxr-2.0.0-split.csv").write_text("dicom_id,study_id\nx,50414267\n")
+    with pytest.raises(ManifestError, match="split file mimic-cxr-2.0.0-split.csv needs study_id and split columns; "
+                                            "it has dicom_id, study_id"):
+        read_manifest(tmp_path / MIMIC_FILES[0])
+
+
+def test_our_csv_split_column(tmp_path):
+    (tmp_path / "m.csv").write_text("id,path,edema,split\na,a.png,1,test\nb,b.png,0,train\nc,c.png,0, TEST\n")
+    m = read_manifest(tmp_path / "m.csv")                         # default: test when the column is there
+    assert [c.case_id for c in m.cases] == ["a", "c"]
+    assert (m.split, m.split_source, m.split_excluded) == ("test", "split column", 1)
+    assert [c.case_id for c in read_manifest(tmp_path / "m.csv", split="train").cases] == ["b"]
+    assert len(read_manifest(tmp_path / "m.csv", split="all").cases) == 3
+    with pytest.raises(ManifestError, match=r"no row of manifest .*m.csv is in the 'validate' split \(its `split` "
+                                            r"column holds: test, train\); pass --split with one of them"):
+        read_manifest(tmp_path / "m.csv", split="validate")
+
+
+def test_split_without_split_information(tmp_path, data_dir):
+    (tmp_path / "m.csv").write_text("path,edema\na.png,1\n")
+    assert read_manifest(tmp_path / "m.csv").split == "all"
+    with pytest.raises(ManifestError, match=r"--split test: manifest .*m.csv has no `split` column; add one"):
+        read_manifest(tmp_path / "m.csv", split="test")
+    with pytest.raises(ManifestError, match="--split test: the chexpert layout has no split information"):
+        read_manifest(data_dir / "chexpert" / "CheXpert-v1.0-small" / "valid.csv", split="test")
+    with pytest.raises(ManifestError, match="--split train: the openi layout has no split information"):
+        read_manifest(data_dir / "openi", split="train")
+    with pytest.raises(ManifestError, match="the split is empty; pass --split test"):
+        read_manifest(tmp_path / "m.csv", split=" ")
+
+
+def test_case_id_without_id_column_is_a_hash_of_the_relative_path(tmp_path):
+    # site exports put MRNs and accession numbers in folder names: never use them as case ids
+    (tmp_path / "m.csv").write_text(
+        "path,edema\n"
+        "MRN12345678/ACC0042/frontal.png,1\n"
+        f"{tmp_path / 'MRN12345678' / 'ACC0042' / 'frontal.png'},0\n"       # the same image, absolute
+        "MRN87654321/ACC0077/frontal.png,0\n"
+        ",0\n")
+    m = read_manifest(tmp_path / "m.csv")
+    first, other = m.cases
+    assert first.case_id == path_case_id("MRN12345678/ACC0042/frontal.png")
+    assert first.case_id.startswith("img-") and len(first.case_id) == 16 and "MRN" not in first.case_id
+    assert other.case_id != first.case_id
+    assert first.path == tmp_path / "MRN12345678" / "ACC0042" / "frontal.png"
+    duplicate, empty = m.skipped
+    assert (duplicate.row, duplicate.case_id) == (2, first.case_id)
+    assert duplicate.reason == f"case id {first.case_id} repeats row 1 (the same image path)"
+    assert (empty.row, empty.case_id, empty.reason) == (4, None, "the `path` cell is empty")
+    assert read_manifest(tmp_path / "m.csv").cases[0].case_id == first.case_id          # stable
+
+
+def test_repeated_id_column_value_is_skipped(tmp_path):
+    (tmp_path / "m.csv").write_text("id,path,edema\nx,a.png,1\nx,b.png,0\n")
+    m = read_manifest(tmp_path / "m.csv")
+    assert [c.case_id for c in m.cases] == ["x"]
+    assert m.skipped[0].reason == "case id x repeats row 1"
+
+
+def test_chexpert_case_ids_are_hashed(data_dir):
+    m = read_manifest(data_dir / "chexpert" / "CheXpert-v1.0-small" / "valid.csv")
+    assert m.cases[0].case_id == path_case_id("CheXpert-v1.0-small/valid/patient00001/study1/view1_frontal.jpg")
+    assert all("patient" not in c.case_id for c in m.cases) and "patient" not in m.skipped[0].case_id
 
 
 def test_mimic_without_metadata(tmp_path, data_dir):
@@ -204,11 +310,17 @@ def test_load_dicom_goes_through_imaging(tmp_path):
     assert pixels[0, 0] < pixels[3, 3]                                    # MONOCHROME2 order kept
 
 
-def test_unreadable_images(tmp_path, data_dir):
-    with pytest.raises(UnreadableImage, match=r"image missing.png not found \(looked for "):
-        load_image(tmp_path / "missing.png")
-    with pytest.raises(UnreadableImage, match="image corrupt.png is neither DICOM nor an image Pillow can read"):
-        load_image(data_dir / "images" / "corrupt.png")
-    (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
-    with pytest.raises(UnreadableImage, match="image broken.dcm could not be decoded"):
-        load_image(tmp_path / "broken.dcm")
+def test_unreadable_images_name_only_the_file(tmp_path, data_dir):
+    # the folders may hold MRNs / accession numbers: messages carry the file name only
+    folder = tmp_path / "MRN12345678"
+    folder.mkdir()
+    with pytest.raises(UnreadableImage, match=r"^image missing.png not found$"):
+        load_image(folder / "missing.png")
+    shutil.copy(data_dir / "images" / "corrupt.png", folder)
+    with pytest.raises(UnreadableImage, match="image corrupt.png is neither DICOM nor an image Pillow can read") as bad:
+        load_image(folder / "corrupt.png")
+    (folder / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    with pytest.raises(UnreadableImage, match="image broken.dcm could not be decoded") as broken:
+        load_image(folder / "broken.dcm")
+    for exc in (bad, broken):
+        assert "MRN12345678" not in str(exc.value) and str(tmp_path) not in str(exc.value)
