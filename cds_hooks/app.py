@@ -18,7 +18,7 @@ from cds_hooks.errors import CdsHooksError, Unauthorized, operation_outcome
 from cds_hooks.jobs import Analyzer
 from cds_hooks.metrics import Metrics
 from cds_hooks.runtime import Runtime, build_runtime
-from cds_hooks.security import JwksCache, JwtVerifier, cors_headers
+from cds_hooks.security import JwksCache, JwtVerifier, check_shared_secret, cors_headers
 from cds_hooks.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,20 @@ class State:
         except Unauthorized as e:
             log.info("401 on %s: %s", request.path, e.message)
             raise
+
+    def authenticate_pacs(self) -> dict | None:
+        """``/studies/*``: the PACS shared secret when ``CXR_CDS_PACS_TOKEN`` is set, else as a hook.
+
+        With the secret set, only it is accepted there (a JWT is not), and it is accepted nowhere else.
+        """
+        if self.settings.pacs_token is None:
+            return self.authenticate()
+        try:
+            check_shared_secret(request.headers.get("Authorization"), self.settings.pacs_token)
+        except Unauthorized as e:
+            log.info("401 on %s: %s", request.path, e.message)
+            raise
+        return None
 
     def close(self) -> None:
         """Stop background threads and the model worker."""

@@ -3,8 +3,9 @@
 Pure: values in, card dicts out. Every card carries a ``uuid`` (feedback needs it), a summary of
 at most 139 characters, an ``indicator`` from the findings' severity, a markdown ``detail``
 without raw HTML, a ``source`` with label and absolute url, ``overrideReasons`` and a link to the
-stored draft. Only a draft for the *ordered* study carries the ``create`` DiagnosticReport
-suggestion; a prior study's card is labelled as a prior with its date and suggests nothing.
+stored draft. Only a draft for the *ordered* study whose DICOM PatientID matched one of the
+Patient's MRNs carries the ``create`` DiagnosticReport suggestion; a prior study's card is labelled
+as a prior with its date and suggests nothing.
 No value is ever ``None`` or empty (CDS Hooks 2.0: omit instead).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Iterable, Literal, Mapping
 from prompts.findings import PRIMARY_FINDINGS
 
 Indicator = Literal["info", "warning", "critical"]
-CardKind = Literal["draft", "prior", "latest", "pending", "notice"]
+CardKind = Literal["draft", "prior", "latest", "pending", "notice", "mismatch"]
 
 SUMMARY_MAX = 139
 # findings that are not an abnormality: they never raise the indicator or lead the summary
@@ -155,7 +156,14 @@ def _common(cfg: CardSettings, analysis: Any) -> dict:
     }
 
 
-def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_id: str | None = None) -> dict:
+UNVERIFIED_PATIENT = ("**The patient match could not be verified**: the EHR sent no medical record number "
+                      "usable as a DICOM PatientID, or the PACS did not return the study's PatientID, so this "
+                      "draft is shown for reading only and is not offered for the chart. Check that the image "
+                      "is this patient's before relying on it.")
+
+
+def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_id: str | None = None,
+               verified: bool = True, context_note: str | None = None) -> dict:
     """The card for the ordered study: findings, study read, and a ``create`` DiagnosticReport suggestion.
 
     Parameters
@@ -168,6 +176,12 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
         stored analyses hold no patient reference).
     encounter_id : str, optional
         ``context.encounterId``, for ``DiagnosticReport.encounter``.
+    verified : bool
+        Whether the study's DICOM PatientID was found among the Patient's MRNs. When it could not be
+        checked (no MRN, or no PatientID from the PACS) the card says so and carries **no** suggestion:
+        nothing unverified is offered for the chart.
+    context_note : str, optional
+        A markdown sentence shown after the disclaimer (e.g. the draft was made without the order's context).
 
     Returns
     -------
@@ -175,7 +189,8 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
         A CDS Hooks 2.0 card.
     """
     study, findings = analysis.study, analysis.findings
-    summary = fit_summary(f"AI draft, chest X-ray {study.get('study_date') or ''}: "
+    label = "AI draft" if verified else "AI draft (patient match unverified)"
+    summary = fit_summary(f"{label}, chest X-ray {study.get('study_date') or ''}: "
                           f"{_leading(findings, cfg.critical_findings)}".replace("  ", " "))
     # a shallow copy is enough: only top-level keys are set here, nested values are never mutated
     report = dict(analysis.diagnostic_report)
@@ -184,6 +199,8 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
         report["encounter"] = {"reference": f"Encounter/{encounter_id}"}
     detail = "\n\n".join([
         DISCLAIMER,
+        "" if verified else UNVERIFIED_PATIENT,
+        context_note or "",
         f"**Study read:** {_study_line(study)}",
         "**Findings (from the generated report):**\n" + _findings_lines(findings),
         _scores_lines(findings, getattr(analysis, "scores", None)),
@@ -195,6 +212,11 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
         "summary": summary,
         "indicator": indicator_for(findings, cfg.critical_findings),
         "detail": "\n\n".join(p for p in detail.split("\n\n") if p),
+        **_common(cfg, analysis),
+    }
+    if not verified:
+        return card
+    card.update({
         "selectionBehavior": "at-most-one",
         "suggestions": [{
             "label": "Add the preliminary AI draft report to the chart for review",
@@ -207,22 +229,37 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
                 "resource": report,
             }],
         }],
-        **_common(cfg, analysis),
-    }
+    })
     return card
 
 
-def prior_card(analysis: Any, cfg: CardSettings, *, latest: bool = False) -> dict:
-    """An info card with a prior (or, on patient-view, the latest) study's AI findings; no suggestion."""
+#: Why the ordered study was not read, for the prior card's wording.
+OrderedStudy = Literal["not-acquired", "no-accession", "unmatched"]
+_PRIOR_INTRO: dict[str, str] = {
+    "not-acquired": ("**This is a PRIOR study from {when}, not the study just ordered**, which is not in the "
+                     "PACS yet (not acquired yet, or not yet sent)."),
+    "no-accession": ("**This is a PRIOR study from {when}.** The order carries no accession number, so the "
+                     "study just ordered could not be looked up in the PACS."),
+    "unmatched": ("**This is a PRIOR study from {when}, not the study just ordered**, which could not be "
+                  "matched in the PACS."),
+}
+
+
+def prior_card(analysis: Any, cfg: CardSettings, *, latest: bool = False,
+               ordered: OrderedStudy = "not-acquired", context_note: str | None = None) -> dict:
+    """An info card with a prior (or, on patient-view, the latest) study's AI findings; no suggestion.
+
+    ``ordered`` says why the ordered study itself was not read (the wording differs when the order had
+    no accession number); ``context_note`` as for :func:`draft_card`.
+    """
     study, findings = analysis.study, analysis.findings
     when = study.get("study_date") or "undated"
     label = "Latest chest X-ray" if latest else "Prior chest X-ray"
     summary = fit_summary(f"{label} {when} (AI findings): {_leading(findings, cfg.critical_findings)}")
     intro = ("This is the patient's most recent chest radiograph on file."
-             if latest else f"**This is a PRIOR study from {when}, not the study just ordered**, "
-                            "which has not been acquired yet.")
+             if latest else _PRIOR_INTRO[ordered].format(when=when))
     detail = "\n\n".join(p for p in [
-        DISCLAIMER, intro,
+        DISCLAIMER, intro, context_note or "",
         f"**Study read:** {_study_line(study)}",
         "**Findings (from the generated report):**\n" + _findings_lines(findings),
         _scores_lines(findings, getattr(analysis, "scores", None)),
@@ -238,7 +275,21 @@ def prior_card(analysis: Any, cfg: CardSettings, *, latest: bool = False) -> dic
 
 
 def pending_card(cfg: CardSettings, *, study: Mapping[str, Any] | None = None) -> dict:
-    """Info card: the analysis is running and the next hook call will get it."""
+    """Info card: the analysis of ``study`` is running and the next hook call will get it.
+
+    Without a study (the deadline passed while the EHR data and the PACS were still being queried)
+    the wording is neutral: nothing is known to be in preparation yet.
+    """
+    if not study:
+        return {
+            "uuid": str(uuid.uuid4()),
+            "summary": "AI draft not available yet; try again shortly",
+            "indicator": "info",
+            "detail": ("The service did not finish looking up the ordered chest radiograph (EHR data and "
+                       "PACS) within its time budget. The lookup goes on in the background; if the study "
+                       "can be analysed, a later call (for example at order signing) will offer the draft."),
+            "source": {"label": cfg.source_label, "url": cfg.source_url},
+        }
     what = "chest X-ray"
     if study and study.get("study_date"):
         what += f" of {study['study_date']}"
@@ -251,6 +302,23 @@ def pending_card(cfg: CardSettings, *, study: Mapping[str, Any] | None = None) -
         "summary": fit_summary(f"AI draft in preparation for the {what}"),
         "indicator": "info",
         "detail": text,
+        "source": {"label": cfg.source_label, "url": cfg.source_url},
+    }
+
+
+def patient_mismatch_card(cfg: CardSettings, accession_number: str) -> dict:
+    """Warning card: the study found for the order's accession number is another patient's; no draft.
+
+    Names only the accession number (the order's own value), never either patient's identifiers.
+    """
+    accession = markdown_text(accession_number)
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": fit_summary(f"No AI draft: the study for accession {accession} belongs to a different patient"),
+        "indicator": "warning",
+        "detail": (f"The study found for accession {accession} belongs to a different patient in the PACS; "
+                   "no AI draft offered: check the order's accession number.\n\n"
+                   "The study's DICOM PatientID matches none of this patient's medical record numbers."),
         "source": {"label": cfg.source_label, "url": cfg.source_url},
     }
 

@@ -19,6 +19,10 @@ def _instant(value: Any) -> bool:
     return True
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
 def parse_feedback(body: Any) -> list[dict]:
     """Check a feedback body and return its items.
 
@@ -37,7 +41,10 @@ def parse_feedback(body: Any) -> list[dict]:
     ------
     BadRequest
         Not ``{"feedback": [...]}``; an item without ``card``/``outcome``/``outcomeTimestamp``; an
-        unknown outcome; ``accepted`` without ``acceptedSuggestions``; a malformed override reason.
+        unknown outcome; ``accepted`` without ``acceptedSuggestions``; ``acceptedSuggestions`` (any
+        outcome) not an array of ``{"id": string}``; an override reason whose ``code``/``system`` are
+        not strings, or a ``userComment`` that is not a string. Every value the store reads is
+        type-checked here, so a crafted body gets 400, never a 500.
     """
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
         raise BadRequest('feedback body must be {"feedback": [ {card, outcome, outcomeTimestamp, ...} ]}')
@@ -51,21 +58,28 @@ def parse_feedback(body: Any) -> list[dict]:
             raise BadRequest(f"{where} is missing {', '.join(missing)}")
         if not isinstance(item["card"], str):
             raise BadRequest(f"{where}.card must be the card's uuid (a string)")
-        if item["outcome"] not in OUTCOMES:
-            raise BadRequest(f"{where}.outcome {item['outcome']!r} is not one of {', '.join(OUTCOMES)}")
+        if not isinstance(item["outcome"], str) or item["outcome"] not in OUTCOMES:
+            shown = repr(item["outcome"]) if isinstance(item["outcome"], str) else "a non-string value"
+            raise BadRequest(f"{where}.outcome {shown[:60]} is not one of {', '.join(OUTCOMES)}")
         if not _instant(item["outcomeTimestamp"]):
-            raise BadRequest(f"{where}.outcomeTimestamp {item['outcomeTimestamp']!r} is not an ISO 8601 instant")
-        if item["outcome"] == "accepted":
-            accepted = item.get("acceptedSuggestions")
-            if not isinstance(accepted, list) or not accepted or not all(
-                    isinstance(s, dict) and isinstance(s.get("id"), str) and s["id"] for s in accepted):
-                raise BadRequest(f"{where}: outcome 'accepted' needs acceptedSuggestions [{{\"id\": ...}}]")
+            shown = repr(item["outcomeTimestamp"]) if isinstance(item["outcomeTimestamp"], str) else "(not a string)"
+            raise BadRequest(f"{where}.outcomeTimestamp {shown[:60]} is not an ISO 8601 instant")
+        accepted = item.get("acceptedSuggestions")
+        if accepted is not None and not (isinstance(accepted, list) and all(
+                isinstance(s, dict) and isinstance(s.get("id"), str) and s["id"] for s in accepted)):
+            raise BadRequest(f"{where}.acceptedSuggestions must be an array of {{\"id\": <suggestion uuid>}} objects")
+        if item["outcome"] == "accepted" and not accepted:
+            raise BadRequest(f"{where}: outcome 'accepted' needs acceptedSuggestions [{{\"id\": ...}}]")
         reason = item.get("overrideReason")
         if reason is not None:
             if not isinstance(reason, dict):
                 raise BadRequest(f"{where}.overrideReason must be an object")
             coding = reason.get("reason")
-            if coding is not None and not (isinstance(coding, dict) and coding.get("code") and coding.get("system")):
-                raise BadRequest(f"{where}.overrideReason.reason must be a Coding with code and system")
+            if coding is not None and not (isinstance(coding, dict) and _text(coding.get("code"))
+                                           and _text(coding.get("system"))
+                                           and (coding.get("display") is None or isinstance(coding["display"], str))):
+                raise BadRequest(f"{where}.overrideReason.reason must be a Coding with code and system (strings)")
+            if reason.get("userComment") is not None and not isinstance(reason["userComment"], str):
+                raise BadRequest(f"{where}.overrideReason.userComment must be a string")
         items.append(item)
     return items

@@ -3,14 +3,29 @@
 A hook call reads top to bottom: parse and check the request -> pick the chest X-ray orders ->
 gather Patient/Conditions/Encounter (prefetch, else allowlisted fhirServer; 412 if the Patient
 can't be had) -> find the ordered study by AccessionNumber (QIDO-RS), else the most recent prior
-by PatientID -> a stored analysis or the running one -> cards. Everything after parsing runs in a
-worker thread so the hook answers at its deadline whatever the PACS or the model are doing; late
-work goes on in the background and the next call gets the stored result.
+by PatientID -> check the study is this patient's -> a stored analysis or the running one -> cards.
+Everything after parsing runs in a worker thread so the hook answers at its deadline whatever the
+PACS or the model are doing; late work goes on in the background and the next call gets the stored
+result.
+
+Patient safety: an accession number alone does not prove whose image it is. The ordered study's
+DICOM PatientID (from QIDO-RS) is compared exactly with the Patient's MRNs
+(``fhir_mapping.patient_mrns``): no match -> a warning card and no draft at all (no model run);
+no MRN on the Patient, or no PatientID from the PACS -> the draft is shown for reading with a
+sentence saying the match could not be verified, and without the ``create`` suggestion (nothing
+unverified goes to the chart). Priors are found *by* the MRN, so they match by construction.
+``POST /studies/{uid}/analyze`` has no patient: its analyses are stored without any patient
+reference and are only attached to a Patient by a hook, after this check.
+
+After parsing, a hook call never answers 500: an unexpected failure becomes 200 with a notice
+card, logged with the hookInstance and the exception type and traceback but not its message
+(which could carry an identifier).
 """
 from __future__ import annotations
 
 import logging
 import time
+import traceback
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,21 +41,47 @@ from cds_hooks.pipeline import Plan
 from cds_hooks.services import (HookRequest, Service, candidate_orders, discovery, get_service,
                                 is_chest_xray, parse_request)
 from fhir_mapping import patient_mrns, read_context, read_order
-from imaging import ImagingError, StudyNotFound
+from imaging import ImagingError, StudyMatch, StudyNotFound
+from prompts import ClinicalContext
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("cds_hooks", __name__)
 
 
+#: The context key of a context-free analysis (the study-arrival clock and QIDO-RS polling make those).
+_NO_CONTEXT_KEY = ClinicalContext().key()
+
+PatientMatch = Literal["verified", "unverified", "mismatch"]
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What one hook call found for one study: its analysis (stored or running) or why not."""
+    """What one hook call found for one study: its analysis (stored or running) or why not.
 
-    kind: Literal["draft", "prior", "latest"]
+    ``mismatch``: the ordered study is another patient's (``accession_number`` says which order).
+    ``context_key`` is this call's clinical-context key, to tell when a stored analysis was made
+    with another (or no) context. ``ordered`` says why a prior is shown instead of the ordered study.
+    """
+
+    kind: Literal["draft", "prior", "latest", "mismatch"]
     plan: Plan | None = None
     obtained: Obtained | None = None
     error: Exception | None = None
+    verified: bool = True
+    context_key: str | None = None
+    ordered: cards.OrderedStudy = "not-acquired"
+    accession_number: str | None = None
+
+
+def patient_match(study: StudyMatch, mrns: tuple[str, ...]) -> PatientMatch:
+    """Whether ``study`` is this patient's: its DICOM PatientID among the Patient's MRNs (exact match).
+
+    ``unverified`` when either side is unknown (no PatientID from the PACS, or no MRN on the Patient).
+    """
+    if not study.patient_id or not mrns:
+        return "unverified"
+    return "verified" if study.patient_id in mrns else "mismatch"
 
 
 def evaluate(req: HookRequest, service: Service, state: Any) -> list[Outcome]:
@@ -60,10 +101,13 @@ def evaluate(req: HookRequest, service: Service, state: Any) -> list[Outcome]:
 
     outcomes: list[Outcome] = []
     need_prior = req.hook == "patient-view"
+    unread: set[str] = set()                # why ordered studies were not read: the prior card says so
+    mrns = patient_mrns(data.patient)
     for order in orders:
         info = read_order(order)
         if not info.accession_number:
             need_prior = True
+            unread.add("no-accession")
             continue
         context = read_context(patient=data.patient, service_request=order, conditions=conditions,
                                encounter=data.encounter)
@@ -71,18 +115,30 @@ def evaluate(req: HookRequest, service: Service, state: Any) -> list[Outcome]:
             plan = analyzer.plan(accession_number=info.accession_number)
         except StudyNotFound:
             need_prior = True               # ordered study not acquired yet
+            unread.add("not-acquired")
             continue
         except ImagingError as e:
             outcomes.append(Outcome(kind="draft", error=e))
             continue
-        outcomes.append(Outcome(kind="draft", plan=plan, obtained=analyzer.obtain(plan, context)))
+        match = patient_match(plan.study, mrns)
+        if match == "mismatch":
+            # no identifiers here: neither the PatientID nor the MRNs nor the accession number
+            log.warning("hookInstance=%s the study found for an order's accession number belongs to another "
+                        "patient in the PACS; no AI draft", req.hook_instance)
+            outcomes.append(Outcome(kind="mismatch", accession_number=info.accession_number))
+            continue
+        outcomes.append(Outcome(kind="draft", plan=plan, obtained=analyzer.obtain(plan, context),
+                                verified=match == "verified", context_key=context.key()))
 
     if need_prior and not any(o.kind == "draft" and o.plan for o in outcomes):
-        outcomes.extend(_prior(data, state, kind="latest" if req.hook == "patient-view" else "prior"))
+        ordered = unread.pop() if len(unread) == 1 else "unmatched"
+        outcomes.extend(_prior(data, state, kind="latest" if req.hook == "patient-view" else "prior",
+                               ordered=ordered))
     return outcomes
 
 
-def _prior(data: HookData, state: Any, *, kind: Literal["prior", "latest"]) -> list[Outcome]:
+def _prior(data: HookData, state: Any, *, kind: Literal["prior", "latest"],
+           ordered: cards.OrderedStudy) -> list[Outcome]:
     """The most recent CR/DX study found by the patient's MRNs (DICOM PatientID), if any."""
     context = read_context(patient=data.patient, conditions=list(data.conditions), encounter=data.encounter)
     for mrn in patient_mrns(data.patient):
@@ -92,7 +148,8 @@ def _prior(data: HookData, state: Any, *, kind: Literal["prior", "latest"]) -> l
             continue
         except ImagingError as e:
             return [Outcome(kind=kind, error=e)]
-        return [Outcome(kind=kind, plan=plan, obtained=state.analyzer.obtain(plan, context))]
+        return [Outcome(kind=kind, plan=plan, obtained=state.analyzer.obtain(plan, context),
+                        context_key=context.key(), ordered=ordered)]
     return []
 
 
@@ -105,13 +162,33 @@ def _card_settings(state: Any) -> cards.CardSettings:
 
 def _notice(cfg: cards.CardSettings, error: BaseException, hook_instance: str) -> dict:
     code = getattr(error, "code", type(error).__name__)
-    log.warning("hookInstance=%s no AI draft: %s: %s", hook_instance, code, error)
+    if isinstance(error, (ImagingError, CdsHooksError)):     # messages written to be identifier-free
+        log.warning("hookInstance=%s no AI draft: %s: %s", hook_instance, code, error)
+    else:                                                    # any other message might quote a request value
+        log.warning("hookInstance=%s no AI draft: %s", hook_instance, code)
     if isinstance(error, ImagingError):
         return cards.notice_card(cfg, f"No AI draft: imaging problem ({code})",
                                  f"The chest radiograph could not be analysed: {cards.markdown_text(str(error))}")
     return cards.notice_card(cfg, f"No AI draft: the analysis failed ({code})",
                              "The AI analysis could not be completed; the order is unaffected. "
                              "The service has logged the failure for its operators.")
+
+
+def _context_note(analysis: Any, outcome: Outcome) -> str | None:
+    """A sentence for cards whose stored analysis was made with another clinical context than this call's.
+
+    The hook reuses any stored analysis of the same image, model and prompt (that is what keeps it
+    fast), most often the context-free one made when the study arrived: the card must say so.
+    """
+    if outcome.context_key is None or analysis.context_key == outcome.context_key:
+        return None
+    whose = "the order's" if outcome.kind == "draft" else "the patient's"
+    if analysis.context_key == _NO_CONTEXT_KEY:
+        return (f"**Drafted without {whose} clinical context**: the model read this image when the study "
+                "arrived in the PACS, before the clinical information (age, sex, reason for the order, "
+                "conditions) was available to it.")
+    return (f"**Drafted with another request's clinical context**, not {whose}: the stored draft of this image "
+            "was reused rather than running the model again.")
 
 
 @dataclass(frozen=True)
@@ -131,6 +208,9 @@ def _answers(outcomes: list[Outcome], req: HookRequest, service: Service, state:
         if outcome.error is not None:
             out.append(Answer("notice", _notice(cfg, outcome.error, req.hook_instance)))
             continue
+        if outcome.kind == "mismatch":
+            out.append(Answer("mismatch", cards.patient_mismatch_card(cfg, outcome.accession_number or "?")))
+            continue
         analysis = outcome.obtained.analysis
         if analysis is None:
             try:
@@ -144,10 +224,13 @@ def _answers(outcomes: list[Outcome], req: HookRequest, service: Service, state:
             except Exception as e:             # the pipeline failed: explain, never a 500
                 out.append(Answer("notice", _notice(cfg, e, req.hook_instance)))
                 continue
+        note = _context_note(analysis, outcome)
         if outcome.kind == "draft":
-            card = cards.draft_card(analysis, cfg, patient_id=req.patient_id, encounter_id=req.encounter_id)
+            card = cards.draft_card(analysis, cfg, patient_id=req.patient_id, encounter_id=req.encounter_id,
+                                    verified=outcome.verified, context_note=note)
         else:
-            card = cards.prior_card(analysis, cfg, latest=outcome.kind == "latest")
+            card = cards.prior_card(analysis, cfg, latest=outcome.kind == "latest", ordered=outcome.ordered,
+                                    context_note=note)
         state.runtime.store.put_card(card["uuid"], service_id=service.id, analysis_id=analysis.analysis_id,
                                      kind=outcome.kind, findings=cards.present_findings(analysis))
         out.append(Answer(outcome.kind, card, analysis.analysis_id))
@@ -164,15 +247,38 @@ def services():
     return jsonify(discovery())
 
 
+def _log_unexpected(message: str, hook_instance: str, e: BaseException) -> None:
+    """Log an unexpected failure with the hookInstance, its type and traceback, not its message."""
+    frames = "".join(traceback.format_tb(e.__traceback__))
+    log.error("hookInstance=%s %s: %s (message withheld: it may quote request data)\n%s",
+              hook_instance, message, type(e).__name__, frames)
+
+
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
-    """One hook call; answers by the deadline with cards, a pending card or ``{"cards": []}``."""
+    """One hook call; answers by the deadline with cards, a pending card or ``{"cards": []}``.
+
+    400/401/404/412 come from checking the request; after that, nothing answers 500.
+    """
     state = current_app.extensions["cxr_cds"]
     started = time.monotonic()
-    deadline = started + state.settings.deadline_s
     service = get_service(service_id)
     state.authenticate()
     req = parse_request(service, _body())
+    try:
+        return _answer_hook(req, service, state, started)
+    except CdsHooksError:
+        raise                                   # 412 (Patient unobtainable): an answer the spec defines
+    except Exception as e:                      # a bug or a failing store: still a card, never a 500
+        _log_unexpected("hook answer failed", req.hook_instance, e)
+        card = cards.notice_card(_card_settings(state), f"No AI draft: the service failed ({type(e).__name__})",
+                                 "The AI service could not complete this request; the order is unaffected. "
+                                 "The service has logged the failure for its operators.")
+        return jsonify({"cards": [card]})
+
+
+def _answer_hook(req: HookRequest, service: Service, state: Any, started: float):
+    deadline = started + state.settings.deadline_s
     outcome_label = "cards"
     future = state.analyzer.hook_pool.submit(evaluate, req, service, state)
     try:
@@ -187,7 +293,7 @@ def call_service(service_id: str):
         raise
     except Exception as e:                      # any other failure: an explanatory card, logged
         outcome_label = "error"
-        log.exception("hookInstance=%s hook evaluation failed", req.hook_instance)
+        _log_unexpected("hook evaluation failed", req.hook_instance, e)
         answers = [Answer("notice", _notice(_card_settings(state), e, req.hook_instance))]
     for answer in answers:
         state.metrics.cards.labels(answer.kind, answer.card["indicator"]).inc()

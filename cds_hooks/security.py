@@ -5,10 +5,16 @@ Order of checks: well-formed -> alg on our list (never ``none`` or HS*) -> ``typ
 (cached; one refetch on an unknown ``kid``, rate-limited) -> signature -> ``aud`` = the invoked
 URL -> ``exp``/``iat`` with leeway -> ``jti`` not seen before. Any failure is ``Unauthorized``
 whose message goes to the log (with ``iss`` and ``jti`` at most, never the token) and never to
-the client.
+the client. Header and claim values are attacker-chosen JSON: their types are checked before use,
+and any unexpected exception during verification is a 401 too (fail closed), never a 500.
+
+``/studies/*`` may instead use a shared secret (``CXR_CDS_PACS_TOKEN``, see :func:`check_shared_secret`):
+a PACS script sends one fixed token on every call, which single-use JWTs (``jti``) cannot serve.
 """
 from __future__ import annotations
 
+import hmac
+import logging
 import re
 import threading
 import time
@@ -18,6 +24,8 @@ import jwt
 import requests
 
 from cds_hooks.errors import Unauthorized
+
+log = logging.getLogger(__name__)
 
 
 def normalise_url(url: str) -> str:
@@ -134,9 +142,18 @@ class JwtVerifier:
         Raises
         ------
         Unauthorized
-            For any failure; the message is for the log only.
+            For any failure, unexpected ones included; the message is for the log only.
         """
-        if not authorization or not authorization.startswith("Bearer "):
+        try:
+            return self._verify(authorization, audience)
+        except Unauthorized:
+            raise
+        except Exception as e:          # fail closed: a crafted token must never become a 500
+            log.warning("JWT verification failed unexpectedly: %s", type(e).__name__)
+            raise Unauthorized(f"JWT refused: unexpected {type(e).__name__} during verification") from None
+
+    def _verify(self, authorization: str | None, audience: str) -> dict:
+        if not isinstance(authorization, str) or not authorization.startswith("Bearer "):
             raise Unauthorized("no Bearer token")
         token = authorization[len("Bearer "):].strip()
         try:
@@ -144,11 +161,15 @@ class JwtVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as e:
             raise Unauthorized(f"malformed JWT ({type(e).__name__})") from None
+        if not isinstance(header, dict) or not isinstance(unverified, dict):
+            raise Unauthorized("malformed JWT (header or payload is not a JSON object)")
         alg = header.get("alg")
-        if alg not in self.algorithms:
-            raise Unauthorized(f"alg {alg!r} is not accepted (accepted: {', '.join(self.algorithms)})")
-        if header.get("typ", "JWT").upper() != "JWT" or not header.get("kid"):
-            raise Unauthorized("JWT header needs typ JWT and a kid")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            shown = repr(alg)[:20] if isinstance(alg, str) else f"of type {type(alg).__name__}"
+            raise Unauthorized(f"alg {shown} is not accepted (accepted: {', '.join(self.algorithms)})")
+        typ, kid = header.get("typ", "JWT"), header.get("kid")
+        if not isinstance(typ, str) or typ.upper() != "JWT" or not isinstance(kid, str) or not kid:
+            raise Unauthorized("JWT header needs typ JWT and a kid (strings)")
         iss = unverified.get("iss")
         if not isinstance(iss, str) or iss not in self.issuers:
             raise Unauthorized(f"issuer {iss!r} is not trusted")
@@ -170,6 +191,21 @@ class JwtVerifier:
 
 CORS_METHODS = "GET, POST, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type"
+
+
+def check_shared_secret(authorization: str | None, secret: str) -> None:
+    """Check ``Authorization: Bearer <secret>`` in constant time (``hmac.compare_digest``).
+
+    Raises
+    ------
+    Unauthorized
+        No bearer value, or not the secret; the message names neither.
+    """
+    presented = ""
+    if isinstance(authorization, str) and authorization.startswith("Bearer "):
+        presented = authorization[len("Bearer "):].strip()
+    if not hmac.compare_digest(presented.encode("utf-8"), secret.encode("utf-8")):
+        raise Unauthorized("not the PACS shared secret (CXR_CDS_PACS_TOKEN)")
 
 
 def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> dict[str, str]:

@@ -1,6 +1,15 @@
 """The CDS services we advertise, the hook request as a typed value, and chest X-ray order recognition.
 
 Pure: values in, values out. The HTTP views (cds_hooks.hooks) call these at the boundary.
+
+``draftOrders`` is required context of order-select and order-sign (a FHIR Bundle), so a malformed
+one is a malformed request: 400, not an empty answer (CDS_HOOKS.md section 5: "required context
+field missing" -> 400; a value of the wrong JSON type is no better than a missing one). Checked
+here: an object, ``resourceType`` Bundle when given, ``entry`` (when given) an array of objects
+whose ``resource`` (when given) is an object; likewise ``selections``, when sent, must be an
+array of strings. Tolerated, as the spec's checklist item 17 asks: no ``Bundle.type``, an empty
+or absent ``entry``, absolute references, non-imaging resources (a Bundle without a chest X-ray
+ServiceRequest gets ``{"cards": []}``).
 """
 from __future__ import annotations
 
@@ -149,7 +158,8 @@ def parse_request(service: Service, body: Any) -> HookRequest:
     ------
     BadRequest
         Not a JSON object; ``hook``/``hookInstance``/``context`` missing; ``hook`` not served by this
-        id; ``fhirAuthorization`` without ``fhirServer``; a required context field missing.
+        id; ``fhirAuthorization`` without ``fhirServer``; a required context field missing;
+        a malformed ``draftOrders`` or ``selections``.
     """
     if not isinstance(body, dict):
         raise BadRequest("request body is not a JSON object; send a CDS Hooks request "
@@ -181,12 +191,45 @@ def parse_request(service: Service, body: Any) -> HookRequest:
         raise BadRequest(f"{hook} context is missing {', '.join(absent)}")
     if not isinstance(context.get("patientId"), str):
         raise BadRequest("context.patientId must be a string (a bare Patient.id)")
+    if hook in ("order-select", "order-sign"):
+        _check_draft_orders(context)
     prefetch = body.get("prefetch")
     if prefetch is not None and not isinstance(prefetch, dict):
         raise BadRequest("prefetch must be an object of key -> FHIR resource")
     return HookRequest(hook=hook, hook_instance=hook_instance, context=context,
                        fhir_server=fhir_server.rstrip("/") if fhir_server else None,
                        fhir_authorization=fhir_authorization, prefetch=prefetch)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    for kind, name in ((bool, "a boolean"), (str, "a string"), ((int, float), "a number"), (list, "an array"),
+                       (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def _check_draft_orders(context: Mapping[str, Any]) -> None:
+    """Raise ``BadRequest`` when ``draftOrders`` or ``selections`` is not of the shape 2.0 defines."""
+    bundle = context["draftOrders"]
+    if not isinstance(bundle, dict):
+        raise BadRequest(f"context.draftOrders must be a FHIR Bundle (a JSON object), got {_json_type(bundle)}")
+    if bundle.get("resourceType", "Bundle") != "Bundle":
+        raise BadRequest(f"context.draftOrders must be a FHIR Bundle, not resourceType "
+                         f"{str(bundle['resourceType'])[:40]!r}")
+    entries = bundle.get("entry")
+    if entries is not None:
+        if not isinstance(entries, list):
+            raise BadRequest(f"context.draftOrders.entry must be an array of Bundle entries, got {_json_type(entries)}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("resource", {}), dict):
+                raise BadRequest(f"context.draftOrders.entry[{i}] must be an object whose resource is a "
+                                 "FHIR resource (an object)")
+    selections = context.get("selections")
+    if selections is not None and not (isinstance(selections, list)
+                                       and all(isinstance(x, str) for x in selections)):
+        raise BadRequest('context.selections must be an array of strings such as "ServiceRequest/sr-1"')
 
 
 def _draft_entries(context: Mapping[str, Any]) -> list[dict]:

@@ -70,6 +70,8 @@ class Settings:
     jwks_ttl_s: int = 300
     jwks_refresh_min_s: int = 30
     public_url: str | None = None
+    # shared secret a PACS sends as "Authorization: Bearer <token>" on POST /studies/*/analyze only
+    pacs_token: str | None = field(default=None, repr=False)
     db: Path = field(default_factory=_default_db)
     fhir_allowlist: tuple[str, ...] = ()
     fhir_timeout_s: float = 3.0
@@ -183,6 +185,22 @@ def _algorithms(value: str) -> tuple[str, ...]:
     return algs
 
 
+PACS_TOKEN_MIN = 32
+
+
+def _secret(value: str) -> str | None:
+    v = value.strip()
+    if not v:
+        return None
+    if len(v) < PACS_TOKEN_MIN or any(ord(c) < 33 or ord(c) > 126 for c in v):
+        raise ValueError(f"must be at least {PACS_TOKEN_MIN} printable ASCII characters without spaces")
+    return v
+
+
+#: Fields whose values never appear in messages (or logs): a bad value is shown as '<secret>'.
+_SECRETS = frozenset({"dicomweb_password", "dicomweb_bearer_token", "pacs_token"})
+
+
 def _issuers(value: str) -> Mapping[str, Any]:
     data = json.loads(value) if isinstance(value, str) else value
     if not isinstance(data, dict):
@@ -219,6 +237,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "jwks_ttl_s": (_nonneg_int, "seconds a JWK Set is cached, e.g. 300"),
     "jwks_refresh_min_s": (_nonneg_int, "minimum seconds between JWK Set refetches, e.g. 30"),
     "public_url": (_url, "the service's public base URL, e.g. https://cds.example.org"),
+    "pacs_token": (_secret, "a shared secret for POST /studies/{uid}/analyze, e.g. from `openssl rand -hex 32`"),
     "db": (_path, "a SQLite file path"),
     "fhir_allowlist": (_url_list, "a comma-separated list of FHIR base URLs or host names"),
     "fhir_timeout_s": (_positive_float, "seconds, e.g. 3"),
@@ -305,7 +324,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             else:
                 values[name] = parse(str(value).lower() if isinstance(value, bool) else str(value))
         except (ValueError, TypeError) as e:
-            raise SettingsError(f"{env_name(name)}={value!r} is not valid: {e}; expected {hint}") from None
+            shown = "'<secret>'" if name in _SECRETS else repr(value)
+            raise SettingsError(f"{env_name(name)}={shown} is not valid: {e}; expected {hint}") from None
     values.update(overrides)
     settings = Settings(**values)
     _check(settings)
@@ -318,6 +338,10 @@ def _check(s: Settings) -> None:
         raise SettingsError(f"{env_name('auth')}=jwt needs {env_name('trusted_issuers')} "
                             '(a JSON object {"<iss>": {"jku": ["https://..."]}}); '
                             f"for development only, set {env_name('auth')}=none")
+    if s.auth == "jwt" and not s.public_url:
+        # without it the expected `aud` would come from the request's Host header, which the caller controls
+        raise SettingsError(f"{env_name('auth')}=jwt needs {env_name('public_url')} (the https base URL the "
+                            "EHR calls, e.g. https://cds.example.org): JWT `aud` is checked against it")
     if s.dicomweb_url is None and s.dicom_folder is not None and not Path(s.dicom_folder).is_dir():
         raise SettingsError(f"{env_name('dicom_folder')}={str(s.dicom_folder)!r} is not a directory; "
                             f"create it or set {env_name('dicomweb_url')}")

@@ -2,7 +2,10 @@
 
 ``POST /studies/{StudyInstanceUID}/analyze`` is what a PACS calls when a study is stable (e.g. an
 Orthanc ``OnStableStudy`` script): it plans from metadata and queues the analysis, answering at
-once. ``GET /drafts/{analysis_id}`` returns the stored draft JSON that cards link to.
+once. It authenticates with the PACS shared secret ``CXR_CDS_PACS_TOKEN`` when that is set (a fixed
+token a script can send every time), else with a hook's JWT. There is no patient on this path:
+the analysis is stored without any patient reference, and the hook that later attaches it to a
+Patient first checks the study's PatientID against that Patient's MRNs. ``GET /drafts/{analysis_id}`` returns the stored draft JSON that cards link to.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class StudyProblem(CdsHooksError):
 def analyze(study_instance_uid: str):
     """Queue the context-free analysis of one study; 202 while it runs, 200 when stored."""
     state = current_app.extensions["cxr_cds"]
-    state.authenticate()
+    state.authenticate_pacs()
     try:
         obtained = state.analyzer.analyze_study(study_instance_uid)
     except ImagingError as e:

@@ -38,6 +38,7 @@ def test_hook_computes_then_reads_the_stored_draft(make_app):
     assert report["status"] == "preliminary" and report["subject"] == {"reference": "Patient/pat-42"}
     assert ORDERED_UID in card["detail"] and "ACC0042" in card["detail"]
     assert "AI-generated draft" in card["detail"] and "report_context" in card["detail"]
+    assert "Drafted with" not in card["detail"]                     # made with this order's own context
     second = client.post(SIGN, json=_sign_42())
     (again,) = check_response(second.get_json())
     assert app.generate.calls == 1
@@ -64,7 +65,9 @@ def test_unknown_draft_is_404(client):
 def test_burst_of_twenty_runs_the_model_once_and_answers_at_the_deadline(make_app, engine):
     generate = CountingGenerate(engine)
     generate.gate = threading.Event()                       # the model is "slow" until released
-    app = make_app(generate=generate, deadline_s=1.0)
+    # 2 s: the lookup (QIDO-RS on the folder) must finish inside it even on a loaded machine, or the
+    # card is the neutral "not available yet" one instead of "in preparation"
+    app = make_app(generate=generate, deadline_s=2.0)
     body = hook_request("order-select", "pat-42", [cxr_order("sr-1", "pat-42", accession="ACC0042")],
                         selections=["ServiceRequest/sr-1"], prefetch={"patient": patient("pat-42", "MRN0042")})
     responses = []
@@ -113,6 +116,7 @@ def test_study_arrival_then_hook_uses_the_stored_analysis(make_app):
     # the hook has clinical context; it reuses the context-free study-arrival analysis
     (card,) = check_response(client.post(SIGN, json=_sign_42()).get_json())
     assert "suggestions" in card and app.generate.calls == 1
+    assert "**Drafted without the order's clinical context**" in card["detail"]
 
 
 def test_study_arrival_errors(client):

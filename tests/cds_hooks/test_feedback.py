@@ -74,12 +74,31 @@ def test_feedback_for_an_unknown_card_is_200_and_logged(client, caplog):
                     "overrideReason": "no"}]}, r"overrideReason must be an object"),
     ({"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-28T10:00:00Z",
                     "overrideReason": {"reason": {"display": "x"}}}]}, r"must be a Coding with code and system"),
+    # crafted types that used to reach the store and give a 500
+    ({"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-28T10:00:00Z",
+                    "overrideReason": {"reason": {"code": {"x": 1}, "system": "urn:s"}}}]},
+     r"overrideReason.reason must be a Coding with code and system \(strings\)"),
+    ({"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-28T10:00:00Z",
+                    "overrideReason": {"reason": {"code": "disagree", "system": ["urn:s"]}}}]},
+     r"overrideReason.reason must be a Coding"),
+    ({"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-28T10:00:00Z",
+                    "overrideReason": {"userComment": {"text": "x"}}}]}, r"overrideReason.userComment must be a string"),
+    ({"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-28T10:00:00Z",
+                    "acceptedSuggestions": ["x"]}]},
+     r'feedback\[0\].acceptedSuggestions must be an array of \{"id": <suggestion uuid>\} objects'),
+    ({"feedback": [{"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-11-28T10:00:00Z",
+                    "acceptedSuggestions": [{"id": 3}]}]}, r"acceptedSuggestions must be an array of"),
+    ({"feedback": [{"card": "c", "outcome": ["accepted"], "outcomeTimestamp": "2026-11-28T10:00:00Z"}]},
+     r"outcome a non-string value is not one of accepted, overridden"),
+    ({"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": 1764324000}]},
+     r"outcomeTimestamp \(not a string\) is not an ISO 8601 instant"),
 ])
 def test_malformed_feedback_is_400(client, body, message):
     with pytest.raises(BadRequest, match=message):
         parse_feedback(body)
     r = client.post(FEEDBACK, json=body)                                                         # 47
     assert r.status_code == 400 and r.get_json()["resourceType"] == "OperationOutcome"
+    assert r.get_json()["issue"][0]["code"] == "invalid"
 
 
 def test_metrics_expose_queue_and_model_latency(drafted):

@@ -199,3 +199,88 @@ def test_archive_down_gives_an_explanatory_card(make_app):
     (card,) = check_response(r.get_json())
     assert card["summary"].startswith("No AI draft: imaging problem (")
     assert "is unreachable" in card["detail"] and "check that the PACS is running" in card["detail"]
+
+
+def _order_sign(draft_orders, **context) -> str:
+    return json.dumps({"hook": "order-sign", "hookInstance": "x", "prefetch": {"patient": patient("p", "M")},
+                       "context": {"userId": "u", "patientId": "p", "draftOrders": draft_orders, **context}})
+
+
+@pytest.mark.parametrize("data, message", [
+    # a non-list entry used to reach the worker and come back as an "analysis failed (TypeError)" card
+    (_order_sign({"resourceType": "Bundle", "entry": 5}),
+     "context.draftOrders.entry must be an array of Bundle entries, got a number"),
+    (_order_sign({"resourceType": "Bundle", "entry": {"resource": {}}}),
+     "context.draftOrders.entry must be an array of Bundle entries, got an object"),
+    (_order_sign({"resourceType": "Bundle", "entry": ["sr-1"]}),
+     "context.draftOrders.entry[0] must be an object whose resource is a FHIR resource"),
+    (_order_sign({"resourceType": "Bundle", "entry": [{"resource": "ServiceRequest/sr-1"}]}),
+     "context.draftOrders.entry[0] must be an object whose resource is a FHIR resource"),
+    (_order_sign("ServiceRequest/sr-1"), "context.draftOrders must be a FHIR Bundle (a JSON object), got a string"),
+    (_order_sign({"resourceType": "ServiceRequest", "id": "sr-1"}),
+     "context.draftOrders must be a FHIR Bundle, not resourceType 'ServiceRequest'"),
+])
+def test_malformed_draft_orders_are_400(client, data, message):
+    r = client.post(SIGN, data=data, content_type="application/json")
+    assert r.status_code == 400
+    assert message in _diagnostics(r)
+
+
+def test_malformed_selections_are_400_and_an_order_free_bundle_gets_no_cards(client):
+    body = json.loads(_order_sign({"resourceType": "Bundle", "entry": []}))
+    body["hook"], body["context"]["selections"] = "order-select", "ServiceRequest/sr-1"
+    r = client.post(SELECT, json=body)
+    assert r.status_code == 400
+    assert 'context.selections must be an array of strings such as "ServiceRequest/sr-1"' in _diagnostics(r)
+    for bundle in ({"resourceType": "Bundle"}, {"resourceType": "Bundle", "entry": []}, {"entry": []}):
+        r = client.post(SIGN, data=_order_sign(bundle), content_type="application/json")
+        assert r.status_code == 200 and r.get_json() == {"cards": []}
+
+
+def test_last_resort_error_handler_answers_operation_outcome_500(make_app, caplog):
+    app = make_app()
+
+    @app.get("/boom")
+    def boom():                      # a view with a bug: only such truly internal errors are 500
+        raise RuntimeError("secret detail MRN0042")
+
+    r = app.test_client().get("/boom", headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert r.status_code == 500 and r.mimetype == "application/json"
+    assert _diagnostics(r) == "internal error; the service has logged it"
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "MRN0042" not in r.get_data(as_text=True)
+
+
+def test_unexpected_failure_in_the_hook_view_is_200_with_a_notice_card(tmp_path, engine, study_folder, caplog):
+    import sqlite3
+
+    from cds_hooks.app import create_app
+    from cds_hooks.runtime import Runtime, identity_dict
+    from cds_hooks.settings import load_settings
+    from cds_hooks.store import Store
+    from imaging import FolderSource
+    from tests.cds_hooks.conftest import CountingGenerate
+
+    class FailingAuditStore(Store):
+        """A store whose audit write fails (a full disk), with an identifier in the message."""
+
+        problem = "database or disk is full near 'MRN0042'"
+
+        def audit(self, **kwargs):
+            raise sqlite3.OperationalError(self.problem)
+
+    settings = load_settings(environ={}, auth="none", db=tmp_path / "x.sqlite3", public_url="https://cds.example.org")
+    runtime = Runtime(source=FolderSource(study_folder), generate=CountingGenerate(engine),
+                      model_identity=identity_dict(engine.identity), store=FailingAuditStore(settings.db))
+    app = create_app(settings, runtime=runtime)
+    caplog.set_level("INFO", logger="cds_hooks")
+    try:
+        body = hook_request("order-sign", "pat-1", [], prefetch={"patient": patient("pat-1", "MRN0042")})
+        r = app.test_client().post(SIGN, json=body)
+    finally:
+        app.extensions["cxr_cds"].close()
+    assert r.status_code == 200
+    (card,) = check_response(r.get_json())
+    assert card["summary"] == "No AI draft: the service failed (OperationalError)" and card["indicator"] == "info"
+    assert f"hookInstance={body['hookInstance']} hook answer failed: OperationalError" in caplog.text
+    assert "MRN0042" not in caplog.text and "MRN0042" not in r.get_data(as_text=True)

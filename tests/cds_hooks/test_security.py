@@ -180,3 +180,95 @@ def test_cors_origin_allowlist(make_app):
     assert r.headers["Vary"] == "Origin"
     r = client.get("/cds-services", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def _crafted(header: dict, payload: dict) -> str:
+    """A JWT with any header values (PyJWT refuses to write some), and a junk signature."""
+    import base64
+    import json
+
+    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part(payload)}.{base64.urlsafe_b64encode(b'x' * 96).rstrip(b'=').decode()}"
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "ES384", "typ": 1, "kid": "es-1"},                 # was a 500: .upper() on an int
+    {"alg": "ES384", "typ": "JWT", "kid": {"k": 1}},
+    {"alg": ["ES384"], "typ": "JWT", "kid": "es-1"},
+    {"alg": "ES384", "typ": "JWT", "kid": "es-1", "jku": 7},
+])
+def test_crafted_header_types_are_401_not_500(secure, header):
+    app, client = secure
+    now = int(time.time())
+    token = _crafted(header, {"iss": ISS, "aud": SIGN, "exp": now + 300, "iat": now, "jti": "c1"})
+    r = _post(client, token)
+    assert r.status_code == 401 and r.data == b""
+
+
+def test_unexpected_error_during_verification_is_401(make_app, keys, caplog):
+    from cds_hooks.errors import Unauthorized
+
+    # a malformed configured JWK Set (a number where a JWK belongs) breaks key lookup: fail closed
+    app = make_app(auth="jwt", trusted_issuers={OOB_ISS: {"jwks": {"keys": [5]}}})
+    token = mint(keys["rs"][0], alg="RS384", kid="rs-1", iss=OOB_ISS, aud=SIGN)
+    caplog.set_level("INFO", logger="cds_hooks")
+    r = _post(app.test_client(), token)
+    assert r.status_code == 401 and r.data == b""
+    assert "JWT refused: unexpected AttributeError during verification" in caplog.text
+    assert token not in caplog.text
+    with pytest.raises(Unauthorized, match="unexpected AttributeError"):
+        app.extensions["cxr_cds"].verifier.verify(f"Bearer {token}", SIGN)
+
+
+PACS_TOKEN = "pacs-" + "0123456789abcdef" * 3
+
+
+def test_pacs_token_authenticates_repeated_study_arrival_calls_only(make_app, keys, jwks_servers):
+    import time as _time
+
+    from tests.cds_hooks.conftest import ORDERED_UID
+
+    good, _ = jwks_servers
+    app = make_app(auth="jwt", trusted_issuers={ISS: {"jku": [f"{good.url}/jwks.json"]}}, pacs_token=PACS_TOKEN)
+    client = app.test_client()
+    url = f"/studies/{ORDERED_UID}/analyze"
+    pacs = {"Authorization": f"Bearer {PACS_TOKEN}"}
+    first = client.post(url, headers=pacs)
+    assert first.status_code == 202
+    analyzer = app.extensions["cxr_cds"].analyzer
+    end = _time.monotonic() + 60
+    while analyzer.in_flight and _time.monotonic() < end:
+        _time.sleep(0.05)
+    second = client.post(url, headers=pacs)                      # the same fixed token again: no replay check
+    assert second.status_code == 200 and second.get_json()["status"] == "stored"
+    for wrong in ("Bearer " + PACS_TOKEN[:-1] + "X", "Bearer ", PACS_TOKEN, "Basic " + PACS_TOKEN):
+        r = client.post(url, headers={"Authorization": wrong})
+        assert r.status_code == 401 and r.data == b""
+    assert client.post(url).status_code == 401
+    jwt_for_studies = _es(keys, jwks_servers, aud=f"{BASE}{url}")  # with the secret set, only it opens /studies
+    assert client.post(url, headers={"Authorization": f"Bearer {jwt_for_studies}"}).status_code == 401
+    # ... and it opens nothing else
+    assert _post(client, PACS_TOKEN).status_code == 401
+    r = client.post("/cds-services/cxr-ai-order-sign/feedback", headers=pacs,
+                    json={"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-28T10:00:00Z"}]})
+    assert r.status_code == 401
+
+
+def test_without_pacs_token_studies_take_hook_jwts(secure, keys, jwks_servers):
+    from tests.cds_hooks.conftest import LATERAL_UID
+
+    app, client = secure
+    url = f"/studies/{LATERAL_UID}/analyze"
+    token = _es(keys, jwks_servers, aud=f"{BASE}{url}")
+    assert client.post(url, headers={"Authorization": f"Bearer {token}"}).status_code == 422   # past auth
+    assert client.post(url, headers={"Authorization": f"Bearer {token}"}).status_code == 401   # jti replay
+    assert client.post(url, headers={"Authorization": f"Bearer {PACS_TOKEN}"}).status_code == 401
+
+
+def test_pacs_token_is_checked_in_development_mode_too(make_app):
+    from tests.cds_hooks.conftest import LATERAL_UID
+
+    client = make_app(pacs_token=PACS_TOKEN).test_client()         # auth=none
+    url = f"/studies/{LATERAL_UID}/analyze"
+    assert client.post(url).status_code == 401
+    assert client.post(url, headers={"Authorization": f"Bearer {PACS_TOKEN}"}).status_code == 422

@@ -14,9 +14,28 @@ ISSUERS = json.dumps({"https://ehr.example.org": {"jku": ["https://ehr.example.o
 def test_defaults_are_production_safe():
     with pytest.raises(SettingsError, match="CXR_CDS_AUTH=jwt needs CXR_CDS_TRUSTED_ISSUERS"):
         load_settings(environ={})
-    s = load_settings(environ={"CXR_CDS_TRUSTED_ISSUERS": ISSUERS})
+    s = load_settings(environ={"CXR_CDS_TRUSTED_ISSUERS": ISSUERS, "CXR_CDS_PUBLIC_URL": "https://cds.example.org"})
     assert s.auth == "jwt" and s.deadline_s == 5.0 and s.pending_card is True
     assert s.cxr_codes == DEFAULT_CXR_CODES and s.poll_interval_s == 0
+    assert s.pacs_token is None
+
+
+def test_jwt_auth_needs_a_public_url():
+    # without it the expected `aud` would come from the request's Host header, which the caller chooses
+    with pytest.raises(SettingsError, match=r"CXR_CDS_AUTH=jwt needs CXR_CDS_PUBLIC_URL \(the https base URL"):
+        load_settings(environ={"CXR_CDS_TRUSTED_ISSUERS": ISSUERS})
+    assert load_settings(environ={"CXR_CDS_AUTH": "none"}).public_url is None     # development: Host is fine
+
+
+def test_pacs_token_is_a_long_secret_kept_out_of_messages_and_repr():
+    secret = "s3cr3t-" + "x" * 30
+    s = load_settings(environ={"CXR_CDS_AUTH": "none", "CXR_CDS_PACS_TOKEN": secret})
+    assert s.pacs_token == secret and secret not in repr(s)
+    short = "short-secret-9f8e7d"
+    with pytest.raises(SettingsError, match=r"CXR_CDS_PACS_TOKEN='<secret>' is not valid: must be at least 32 "
+                                            r"printable ASCII characters") as caught:
+        load_settings(environ={"CXR_CDS_AUTH": "none", "CXR_CDS_PACS_TOKEN": short})
+    assert short not in str(caught.value)
 
 
 def test_every_variable_parses(tmp_path):
