@@ -1,11 +1,13 @@
 """Generation benchmark through OUR path (model_runtime.load -> Engine.generate).
 
-Prints, for each precision/quantization: prefill ms, decode tokens/s, reports/s at batch 1 and batch N,
-peak memory, and on CUDA the batch-1 decode rate as a fraction of the memory-bandwidth limit
-(bandwidth / bytes of language-model weights read per token).
+Prints, for each precision/quantization and decode backend: prefill ms, decode tokens/s, reports/s at
+batch 1 and batch N, peak memory, the decode path each row ran (eager, static, static+compile), and on
+CUDA the batch-1 decode rate as a fraction of the memory-bandwidth limit (bandwidth / bytes of
+language-model weights read per token).
 
     python benchmarks/generate.py                       # tiny random model made in a temp dir (CPU ok)
     python benchmarks/generate.py --model DIR --batch 8 --new-tokens 128 --variants bfloat16/none,bfloat16/4bit
+    python benchmarks/generate.py --model DIR --decode eager,static   # static: + torch.compile on CUDA
 
 Speed does not depend on weight values; EOS is ignored so every report has exactly --new-tokens tokens.
 """
@@ -57,15 +59,21 @@ class Row:
     reports_s: float
     peak_gb: float
     bw_fraction: float | None = None
+    path: str = "eager"        # the Engine's decode path: eager, static or static+compile
 
     def line(self) -> str:
         bw = f"{self.bw_fraction:.0%}" if self.bw_fraction is not None else "-"
-        return (f"| {self.variant:<28} | {self.batch:>5} | {self.prefill_ms:>10.1f} | {self.decode_tok_s:>10.1f} | "
-                f"{self.decode_tok_s * self.batch:>10.1f} | {self.reports_s:>9.2f} | {self.peak_gb:>7.2f} | {bw:>6} |")
+        return (f"| {self.variant:<34} | {self.path:<14} | {self.batch:>5} | {self.prefill_ms:>10.1f} | "
+                f"{self.decode_tok_s:>10.1f} | {self.decode_tok_s * self.batch:>10.1f} | {self.reports_s:>9.2f} | "
+                f"{self.peak_gb:>7.2f} | {bw:>6} |")
 
 
-HEADER = ("| variant                      | batch | prefill ms | tok/s/seq  | tok/s all  | reports/s | peak GB | %BW    |\n"
-          "|------------------------------|-------|------------|------------|------------|-----------|---------|--------|")
+HEADER = ("| variant                            | decode path    | batch | prefill ms | tok/s/seq  | tok/s all  "
+          "| reports/s | peak GB | %BW    |\n"
+          "|------------------------------------|----------------|-------|------------|------------|------------"
+          "|-----------|---------|--------|")
+# The sampled row's settings: the released defaults (temperature 0.2, top_p 0.8, top-k 50).
+SAMPLED = {"temperature": 0.2, "top_p": 0.8, "seed": 0}
 
 
 def images(n: int, size: int = 512, seed: int = 0) -> list[np.ndarray]:
@@ -104,26 +112,33 @@ def peak_gb(device: torch.device) -> float:
 
 
 def measure_engine(engine, variant: str, batch: int, new_tokens: int, *, sequential: bool = False,
-                   warmup: bool = True) -> Row:
-    """Time Engine.generate on `batch` images (or one at a time, as the original, when `sequential`)."""
+                   sampled: bool = False) -> Row:
+    """Time Engine.generate on `batch` images (or one at a time, as the original, when `sequential`).
+
+    Every row is warmed up the same way: one untimed call of exactly the measured shape and settings
+    (one image for `sequential`), so kernels, allocator, caches, and for the static path the compiled
+    graph of that (batch, cache length), are ready; then the timed call(s). Greedy unless `sampled`
+    (SAMPLED settings); EOS ignored so every report has `new_tokens` tokens.
+    """
     device = engine.device
     prompt = ReportPrompt()
-    settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
-    reqs = [GenerationRequest(im, prompt, settings) for im in images(batch)]
-    if warmup:  # kernels, allocator, caches: a short run of the same shapes
-        short = GenerationSettings(temperature=0, max_new_tokens=4, ignore_eos=True)
-        engine.generate([GenerationRequest(r.image, r.prompt, short) for r in (reqs[:1] if sequential else reqs)])
+    knobs = SAMPLED if sampled else {"temperature": 0}
+    settings = GenerationSettings(max_new_tokens=new_tokens, ignore_eos=True, **knobs)
+    reqs = [GenerationRequest(im, prompt, settings) for im in images(batch, engine.image_size)]
+    engine.generate(reqs[:1] if sequential else reqs)  # warm-up: the measured shape, untimed
     reset_peak(device)
     t0 = time.perf_counter()
     results = [engine.generate([r])[0] for r in reqs] if sequential else engine.generate(reqs)
     wall = time.perf_counter() - t0
     r = results[-1]
+    assert all(x.new_tokens == new_tokens for x in results), "EOS ignored: every report has new_tokens tokens"
     decode_rate = (r.new_tokens - 1) / (r.timings["decode_ms"] / 1e3) if r.new_tokens > 1 else 0.0
     limit = bandwidth_limit(device)
     frac = None
     if limit and batch == 1:
         frac = decode_rate / (limit / weight_bytes_per_token(engine.model))
-    return Row(variant, batch, r.timings["prefill_ms"], decode_rate, len(reqs) / wall, peak_gb(device), frac)
+    return Row(variant, batch, r.timings["prefill_ms"], decode_rate, len(reqs) / wall, peak_gb(device), frac,
+               engine.decode_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--decode", default="eager", help="comma list of eager,static (static compiles on CUDA)")
     ap.add_argument("--variants", default=None,
                     help="comma list of dtype/quantization (default: float32/none,bfloat16/none,float32/8bit,"
                          "bfloat16/4bit on CPU; bfloat16/none,bfloat16/8bit,bfloat16/4bit on CUDA)")
@@ -145,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         print(HEADER)
         for v in variants.split(","):
             dtype, quant = v.split("/")
-            engine = load(ModelConfig(model=model, device=args.device, dtype=dtype, quantization=quant))
-            for b in (1, args.batch):
-                print(measure_engine(engine, f"{dtype}/{quant}", b, args.new_tokens).line(), flush=True)
-            del engine
-            gc.collect()
+            for decode in args.decode.split(","):
+                engine = load(ModelConfig(model=model, device=args.device, dtype=dtype, quantization=quant,
+                                          decode=decode))
+                for b in (1, args.batch):
+                    print(measure_engine(engine, f"{dtype}/{quant}", b, args.new_tokens).line(), flush=True)
+                del engine
+                gc.collect()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Full-size CXR-LLAVA-v2 speed on one GPU, through OUR runtime, with random weights built in memory.
+"""Full-size CXR-LLAVA-v2 speed on one GPU, through the product's Engine.generate, with random weights.
 
 Builds the published architecture (CLIP-L/16 at 512 px with 1 channel + Llama-2-7B dims) from a
 published-layout config via model_runtime (CheckpointSpec -> VipLlavaConfig), directly on the device;
@@ -6,20 +6,27 @@ no download. Speed does not depend on the weight values, so every report has exa
 tokens (EOS ignored). The prompt is the released report prompt's 98 reference token ids (1121
 positions with the image), so no tokenizer file is needed.
 
-Variants: the original's approach (bf16 eager, one image at a time), bf16 eager batch 1/N, 4bit and
-8bit (bitsandbytes, as model_runtime.load builds them) batch 1/N, and bf16 static cache +
-torch.compile (transformers' generate on our prepared inputs) batch 1/N. A time budget skips what is
-left rather than overrun. `--tiny` runs the same code on CPU with tiny dims (for CI-style checks).
+Every row is one `Engine.generate` measurement (benchmarks/generate.py::measure_engine: one untimed
+warm-up call of the measured shape, then the timed call), and prints the decode path the Engine ran:
+- bf16 eager (decode="eager": DynamicCache, eager steps) at batch 1 and --batch;
+- the original's approach: the same eager Engine, one image at a time (--original-images images), warmed up
+  the same way (one untimed call of its shape: one image);
+- bf16 static (decode="static": StaticCache + torch.compile of the decode step on CUDA) at batch 1,
+  --batch and --big-batch, plus one sampled row at --batch (temperature 0.2, top_p 0.8);
+- 4bit (NF4, eager) at batch 1 and --batch; 8bit at batch 1 with --new-tokens-8bit tokens.
+The prompt length is fixed and each batch size is warmed up once, so the static path compiles once
+per batch size. A time budget (--budget-s, counted from the end of the bf16 build) skips what is
+left rather than overrun. `--tiny` runs the same code on CPU with tiny dims (static without compile).
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 import logging
 
@@ -30,8 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from generate import HEADER, ReportPrompt, Row, bandwidth_limit, images, measure_engine, peak_gb, reset_peak, \
-    weight_bytes_per_token  # noqa: E402
+from generate import HEADER, Row, measure_engine, reset_peak, weight_bytes_per_token  # noqa: E402
 from model_runtime import Engine, ModelIdentity  # noqa: E402
 from model_runtime.checkpoint import CheckpointSpec  # noqa: E402
 from model_runtime.loader import quantization_config  # noqa: E402
@@ -100,127 +106,113 @@ def build_quantized(spec: CheckpointSpec, state_dict: dict, device: torch.device
     dmap = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     model = VipLlavaForConditionalGeneration.from_pretrained(
         None, config=spec.vipllava_config(), state_dict=state_dict, dtype=torch.bfloat16,
-        quantization_config=quantization_config(quantization, torch.bfloat16), device_map=dmap)
+        quantization_config=quantization_config(quantization), device_map=dmap)
     return model.eval()
 
 
-def engine_for(model, spec: CheckpointSpec, quantization: str) -> Engine:
+def engine_for(model, spec: CheckpointSpec, quantization: str, decode: str = "eager", compile_: bool = False) -> Engine:
     return Engine(model, FixedPromptTokenizer(int(spec.llama["vocab_size"])),
                   identity=ModelIdentity("random-full-size", None, "bfloat16", quantization),
                   image_size=spec.image_size, image_mean=spec.image_mean, image_std=spec.image_std,
-                  max_positions=int(spec.llama["max_position_embeddings"]), eos_token_id=2)
-
-
-def measure_static(engine: Engine, batch: int, new_tokens: int, compile_: bool) -> Row:
-    """transformers' generate with a static cache (+ torch.compile of the decode step) on OUR prepared inputs."""
-    device = engine.device
-    imgs = images(batch, engine.image_size)
-    prepared = engine.prepare(imgs, [ReportPrompt()] * batch)
-
-    def run(n: int) -> float:
-        engine._sync()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            engine.model.generate(
-                inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask, do_sample=False,
-                max_new_tokens=n, min_new_tokens=n, cache_implementation="static", pad_token_id=0,
-                eos_token_id=2, disable_compile=not compile_)
-        engine._sync()
-        return time.perf_counter() - t0
-
-    run(new_tokens)  # warm-up: compiles (and captures CUDA graphs) for this batch size
-    reset_peak(device)
-    t_full = run(new_tokens)
-    t_first = run(1)
-    decode = (new_tokens - 1) / max(t_full - t_first, 1e-9)
-    limit = bandwidth_limit(device)
-    frac = decode / (limit / weight_bytes_per_token(engine.model)) if limit and batch == 1 else None
-    label = "bf16 static+compile" if compile_ else "bf16 static (no compile)"
-    return Row(label, batch, prepared.features_ms + t_first * 1e3, decode, batch / (t_full + prepared.features_ms / 1e3),
-               peak_gb(device), frac)
+                  eos_token_id=2, decode=decode, compile=compile_)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny dims on CPU: checks the script, measures nothing real")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--big-batch", type=int, default=32, help="the static path's throughput batch")
+    ap.add_argument("--original-images", type=int, default=4,
+                    help="images for the one-at-a-time row (its reports/s does not depend on the count)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--new-tokens-8bit", type=int, default=32, help="bitsandbytes int8 decodes slowly: fewer tokens")
-    ap.add_argument("--budget-s", type=float, default=330, help="skip the variants left once this much time is spent")
-    ap.add_argument("--skip", default="", help="comma list of: original,eager,4bit,8bit,static")
+    ap.add_argument("--budget-s", type=float, default=300,
+                    help="after the bf16 build: skip the variants left once this much time is spent")
+    ap.add_argument("--skip", default="", help="comma list of: eager,original,static,sampled,big,4bit,8bit")
     args = ap.parse_args(argv)
-    start = time.perf_counter()
     skip = set(filter(None, args.skip.split(",")))
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    compile_ = device.type == "cuda"
+    compile_ = device.type == "cuda"  # on CPU (--tiny) the static path runs uncompiled
     spec = CheckpointSpec.from_config(published_config(args.tiny))
     torch.manual_seed(0)
     import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}; "
           f"transformers {transformers.__version__}; {args.new_tokens} new tokens (EOS ignored); "
-          f"prompt {len(REPORT_IDS) - 1 + spec.image_tokens} positions", flush=True)
+          f"prompt {len(REPORT_IDS) - 1 + spec.image_tokens} positions; every row through Engine.generate",
+          flush=True)
     rows: list[Row] = []
     skipped: list[str] = []
+    built = time.perf_counter()
+    model = build_random(spec, device, torch.bfloat16)
+    print(f"# built bf16 model in {time.perf_counter() - built:.0f} s; LM weight bytes/token "
+          f"{weight_bytes_per_token(model) / 1e9:.2f} GB; budget {args.budget_s:.0f} s from here", flush=True)
+    start = time.perf_counter()
 
-    def step(name: str, fn) -> None:
+    def over_budget(name: str, group: str) -> bool:
         elapsed = time.perf_counter() - start
-        if name.split(":")[0] in skip:
-            skipped.append(f"{name} (--skip)")
+        if group in skip:
+            skipped.append(f"{name} (--skip {group})")
         elif elapsed > args.budget_s:
             skipped.append(f"{name} (budget: {elapsed:.0f} s spent)")
         else:
-            try:
-                row = fn()
-                rows.append(row)
-                print(row.line(), flush=True)
-            except Exception as exc:  # report and go on: one broken variant must not lose the others
-                skipped.append(f"{name} (failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-                print(f"# {name} failed: {type(exc).__name__}: {exc}", flush=True)
+            return False
+        return True
+
+    def step(name: str, group: str, fn) -> None:
+        if over_budget(name, group):
+            return
+        try:
+            row = fn()
+            rows.append(row)
+            print(row.line(), flush=True)
+        except Exception as exc:  # report and go on: one broken variant must not lose the others
+            skipped.append(f"{name} (failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            print(f"# {name} failed: {type(exc).__name__}: {exc}", flush=True)
 
     print(HEADER, flush=True)
-    model = build_random(spec, device, torch.bfloat16)
-    print(f"# built bf16 model in {time.perf_counter() - start:.0f} s; LM weight bytes/token "
-          f"{weight_bytes_per_token(model) / 1e9:.2f} GB", flush=True)
-    eng = engine_for(model, spec, "none")
-    step("original", lambda: _renamed(measure_engine(eng, "bf16", args.batch, args.new_tokens, sequential=True),
-                                      "original: bf16 eager 1-by-1"))
-    step("eager:1", lambda: _renamed(measure_engine(eng, "bf16", 1, args.new_tokens), "bf16 eager"))
-    step("eager:N", lambda: _renamed(measure_engine(eng, "bf16", args.batch, args.new_tokens), "bf16 eager"))
-    state = {k: v.to("cpu") for k, v in model.state_dict().items()}
-    del eng, model
+    n, nb, big = args.new_tokens, args.batch, args.big_batch
+    eager = engine_for(model, spec, "none", "eager")
+    step("eager:1", "eager", lambda: measure_engine(eager, "bf16 eager", 1, n))
+    step(f"eager:{nb}", "eager", lambda: measure_engine(eager, "bf16 eager", nb, n))
+    step("original", "original", lambda: measure_engine(eager, "original: bf16 eager 1-by-1", args.original_images, n,
+                                                         sequential=True))
+    static = engine_for(model, spec, "none", "static", compile_)
+    label = "bf16 static" + ("+compile" if compile_ else "")
+    step("static:1", "static", lambda: measure_engine(static, label, 1, n))
+    step(f"static:{nb}", "static", lambda: measure_engine(static, label, nb, n))
+    step(f"static:{nb} sampled", "sampled", lambda: measure_engine(static, f"{label} T0.2 p0.8", nb, n, sampled=True))
+    step(f"static:{big}", "big", lambda: measure_engine(static, label, big, n))
+    del eager, static
+    quant_left = [q for q in ("4bit", "8bit") if q not in skip]
+    state = {k: v.to("cpu") for k, v in model.state_dict().items()} if quant_left else {}
+    del model
+    torch._dynamo.reset()  # drop compiled graphs (and their CUDA-graph memory) before the quantized peaks
     reset_peak(device)
-    for quant, n in (("4bit", args.new_tokens), ("8bit", min(args.new_tokens_8bit, args.new_tokens))):
-        if quant in skip or time.perf_counter() - start > args.budget_s:
-            skipped.append(f"{quant} ({'--skip' if quant in skip else 'budget'})")
+    for quant in quant_left:
+        n_q = n if quant == "4bit" else min(args.new_tokens_8bit, n)
+        sizes = (1, nb) if quant == "4bit" else (1,)
+        if over_budget(f"{quant} (build)", quant):
             continue
         try:
-            qmodel = build_quantized(spec, state, device, quant)
+            qeng = engine_for(build_quantized(spec, state, device, quant), spec, quant, "eager")
         except Exception as exc:
             skipped.append(f"{quant} (load failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             continue
-        qeng = engine_for(qmodel, spec, quant)
-        step(f"{quant}:1", lambda: _renamed(measure_engine(qeng, "", 1, n), f"{quant} eager ({n} tok)"))
-        step(f"{quant}:N", lambda: _renamed(measure_engine(qeng, "", args.batch, n), f"{quant} eager ({n} tok)"))
-        del qeng, qmodel
+        for b in sizes:
+            step(f"{quant}:{b}", quant, lambda b=b: measure_engine(qeng, f"{quant} eager ({n_q} tok)", b, n_q))
+        del qeng
         reset_peak(device)
-    if "static" not in skip and time.perf_counter() - start <= args.budget_s:
-        model = build_random(spec, device, torch.bfloat16)
-        model.load_state_dict(state)
-        eng = engine_for(model, spec, "none")
-        step("static:1", lambda: measure_static(eng, 1, args.new_tokens, compile_))
-        step("static:N", lambda: measure_static(eng, args.batch, args.new_tokens, compile_))
-    else:
-        skipped.append("static (--skip or budget)")
-    print(f"# total {time.perf_counter() - start:.0f} s")
+    for q in ("4bit", "8bit"):
+        if q in skip:
+            skipped.append(f"{q} (--skip {q})")
+    print(f"# total {time.perf_counter() - start:.0f} s after the build ({time.perf_counter() - built:.0f} s with it)")
     for s in skipped:
         print(f"# skipped: {s}")
     return 0 if rows else 1
-
-
-def _renamed(row: Row, variant: str) -> Row:
-    row.variant = variant
-    return row
 
 
 if __name__ == "__main__":

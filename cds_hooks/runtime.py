@@ -70,7 +70,7 @@ def build_source(settings: Settings) -> Any:
     """The image source: DICOMweb when ``CXR_CDS_DICOMWEB_URL`` is set, else the local folder.
 
     The DICOMweb source gets the PACS credentials (basic or bearer), ``dicomweb_timeout_s`` and
-    ``dicomweb_retries``. ``max_pixels`` and ``decode_min_short_edge`` are not properties of a source:
+    ``dicomweb_retries``; both sources get ``max_bytes``. ``max_pixels`` and ``decode_min_short_edge`` are not properties of a source:
     the caller passes them to ``imaging.fetch_radiograph(..., max_pixels=settings.max_pixels,
     min_short_edge=settings.decode_min_short_edge or None)``.
 
@@ -93,11 +93,12 @@ def build_source(settings: Settings) -> Any:
         return DicomWebSource.from_url(settings.dicomweb_url, username=settings.dicomweb_username,
                                        password=settings.dicomweb_password,
                                        bearer_token=settings.dicomweb_bearer_token,
-                                       timeout_s=settings.dicomweb_timeout_s, retries=settings.dicomweb_retries)
+                                       timeout_s=settings.dicomweb_timeout_s, retries=settings.dicomweb_retries,
+                                       max_bytes=settings.max_bytes)
     if settings.dicom_folder is None:
         raise SettingsError(f"no image source: set {env_name('dicomweb_url')} (a DICOMweb base URL) or "
                             f"{env_name('dicom_folder')} (a folder of .dcm files)")
-    return FolderSource(settings.dicom_folder)
+    return FolderSource(settings.dicom_folder, max_bytes=settings.max_bytes)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -128,7 +129,7 @@ def build_runtime(settings: Settings) -> Runtime:
                             "(for a demo: `cxr-cds model init-tiny DIR` and point it there)")
     source = build_source(settings)
     engine = load(ModelConfig(model=settings.model, revision=settings.model_revision,
-                              device=settings.device, quantization=settings.quantization))
+                              device=settings.device, quantization=settings.quantization, decode=settings.decode))
     worker = InferenceWorker(engine)
     worker.start()
     log.info("model %s loaded; inference worker started", settings.model)

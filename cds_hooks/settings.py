@@ -51,6 +51,7 @@ class Settings:
     dicomweb_retries: int = 2                      # extra attempts on connection errors and 5xx, never 4xx
     dicom_folder: Path | None = None
     max_pixels: int = field(default_factory=lambda: _imaging_max_pixels())   # decompression-bomb guard
+    max_bytes: int = field(default_factory=lambda: _imaging_max_bytes())     # largest instance retrieved
     # J2K/HTJ2K decoded at the coarsest resolution level with a short edge >= this (2 x the model's
     # 512 px input, a margin for its LANCZOS resize); 0 = always full resolution
     decode_min_short_edge: int = 1024
@@ -58,6 +59,7 @@ class Settings:
     model: str | None = None                       # local directory or hub id
     model_revision: str | None = None
     quantization: str | None = None                # none | 8bit | 4bit (None: the loader decides)
+    decode: str = "eager"                          # eager | static (static KV cache + torch.compile on CUDA)
     device: str = "auto"
     max_new_tokens: int = 256
     template: str = "report_context.v1"
@@ -90,6 +92,11 @@ class Settings:
 def _imaging_max_pixels() -> int:
     from imaging import MAX_PIXELS
     return MAX_PIXELS
+
+
+def _imaging_max_bytes() -> int:
+    from imaging import MAX_BYTES
+    return MAX_BYTES
 
 
 def _str(value: str) -> str | None:
@@ -220,12 +227,14 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "dicomweb_timeout_s": (_positive_float, "seconds per PACS request, e.g. 10"),
     "dicomweb_retries": (_nonneg_int, "extra attempts on PACS connection errors and 5xx answers, e.g. 2; 0 = none"),
     "max_pixels": (_positive_int, "the largest Rows x Columns decoded, e.g. 40000000"),
+    "max_bytes": (_positive_int, "the largest DICOM instance retrieved or inflated, in bytes, e.g. 512000000"),
     "decode_min_short_edge": (_nonneg_int, "pixels, e.g. 1024 (JPEG 2000 decoded at reduced resolution "
                                            "down to this short edge); 0 = full resolution"),
     "dicom_folder": (_path, "a directory of .dcm files"),
     "model": (_str, "a local checkpoint directory or a hub id such as ECOFRI/CXR-LLAVA-v2"),
     "model_revision": (_str, "a hub revision (commit hash or tag)"),
     "quantization": (_quantization, "none, 8bit or 4bit"),
+    "decode": (_choice("eager", "static"), "eager or static (static KV cache, compiled on CUDA: same tokens, faster)"),
     "device": (_choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     "max_new_tokens": (_positive_int, "a positive integer, e.g. 256"),
     "template": (_str, "a prompt template key, e.g. report_context.v1"),

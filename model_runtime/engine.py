@@ -2,12 +2,22 @@
 
 The whole inference path, top to bottom: validate -> preprocess + tokenise -> image features ->
 splice them where ``<image>`` was -> left-padded batch -> prefill -> decode loop (temperature ->
-top-k -> top-p, greedy at temperature <= 0.001) -> stop on EOS or the length cap -> text.
-`__init__` only stores ready parts; `loader.load` builds them.
+top-k -> top-p on the device for the whole batch, greedy at temperature <= 0.001) -> stop on EOS or
+the length cap -> text. `__init__` only stores ready parts; `loader.load` builds them.
+
+Two decode backends, the same loop and the same results:
+- ``eager``: a DynamicCache that grows by one position per step; every step is a fresh eager forward.
+- ``static``: a StaticCache sized to the batch (prompt + new-token cap, rounded up to
+  STATIC_CACHE_MULTIPLE positions), the prefill eager, and each one-token decode step through
+  ``torch.compile`` of the model's call (mode "reduce-overhead": CUDA graphs) when compiling.
+  The 2-D attention mask spans the whole cache and never changes during decoding (the causal mask
+  comes from the cache's own length), so every step has the same shapes: one compilation per
+  (batch size, cache length), as transformers' own ``generate(cache_implementation="static")``.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -21,11 +31,23 @@ from model_runtime.checkpoint import NativeNames
 from model_runtime.errors import InvalidRequest, OutOfMemory
 from model_runtime.preprocess import check_image, preprocess
 from model_runtime.types import (
-    IMAGE_SENTINEL, GenerationRequest, GenerationResult, GenerationSettings, ModelIdentity, PromptLike,
+    DECODES, IMAGE_SENTINEL, GenerationRequest, GenerationResult, GenerationSettings, ModelIdentity, PromptLike,
 )
 
-# The original's cap: max_new_tokens = min(512, max_positions - prompt_length - 1).
+log = logging.getLogger(__name__)
+
+# The original's cap: max_new_tokens = min(512, CONTEXT_LENGTH - prompt_length - 1), with its constant
+# 2048-token context (not the checkpoint's max_position_embeddings).
 MAX_NEW_TOKENS = 512
+CONTEXT_LENGTH = 2048
+# Static cache lengths are rounded up to this many positions: prompts of similar length share one
+# compiled graph (each distinct batch size x cache length compiles once).
+STATIC_CACHE_MULTIPLE = 128
+# transformers' CompileConfig default for generate's static-cache decoding: CUDA graphs, graph breaks allowed.
+COMPILE_MODE = "reduce-overhead"
+# Distinct (batch size, cache length) shapes kept compiled; dynamo's default limit (8) would send a
+# service's 9th shape (micro-batches of 1..8 x two cache lengths) back to eager without a word.
+MAX_COMPILED_SHAPES = 64
 
 
 @dataclass
@@ -54,21 +76,28 @@ class Engine:
         Input side of the vision tower (512 for the real model).
     image_mean, image_std : float
         The checkpoint's scalar normalisation.
-    max_positions : int
-        The language model's max_position_embeddings (for the new-token cap).
     eos_token_id : int
+    decode : {"eager", "static"}
+        Decode backend (module docstring); both give the same tokens.
+    compile : bool
+        With ``decode="static"``: run each decode step through ``torch.compile`` (COMPILE_MODE).
     """
 
     def __init__(self, model, tokenizer: ChatTokenizer, *, identity: ModelIdentity, image_size: int,
-                 image_mean: float, image_std: float, max_positions: int, eos_token_id: int):
+                 image_mean: float, image_std: float, eos_token_id: int, decode: str = "eager",
+                 compile: bool = False):
+        if decode not in DECODES:
+            raise InvalidRequest(f"decode {decode!r} is not supported; use one of {', '.join(DECODES)}")
+        if compile and decode != "static":
+            raise InvalidRequest("compile needs decode 'static' (the eager cache grows every step: no fixed shapes)")
         self.model = model
         self.tokenizer = tokenizer
         self._identity = identity
         self.image_size = image_size
         self.image_mean = image_mean
         self.image_std = image_std
-        self.max_positions = max_positions
         self.eos_token_id = eos_token_id
+        self.decode = decode
         vision_cfg = model.config.vision_config
         self.image_tokens = (vision_cfg.image_size // vision_cfg.patch_size) ** 2
         names = NativeNames.of(model)
@@ -77,6 +106,12 @@ class Engine:
         params = inspect.signature(model.forward).parameters
         # transformers 5.24 renamed past_key_values -> cache; older 5.x only knows past_key_values.
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # Compiled lazily, on the first decode step of each distinct (B, C): static shapes, one CUDA graph each.
+        self._compiled = None
+        if compile:
+            _allow_recompiles(MAX_COMPILED_SHAPES)
+            self._compiled = torch.compile(model.__call__, mode=COMPILE_MODE, fullgraph=False, dynamic=False)
+        self._static: tuple[tuple[int, int], object] | None = None  # ((B, C), StaticCache) of the last batch
         self._lock = threading.Lock()  # one forward pass at a time on the device
 
     @property
@@ -86,6 +121,11 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return self._embed.weight.device
+
+    @property
+    def decode_path(self) -> str:
+        """``"eager"``, ``"static"`` or ``"static+compile"``: what the next generation runs."""
+        return "static+compile" if self._compiled is not None else self.decode
 
     # -- inputs -----------------------------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
@@ -157,20 +197,22 @@ class Engine:
             torch.cuda.synchronize(self.device)
 
     def max_new_tokens(self, prompt_length: int, settings: GenerationSettings) -> int:
-        """``min(512, max_positions - prompt_length - 1)``, lowered (never raised) by the settings."""
-        cap = min(MAX_NEW_TOKENS, self.max_positions - prompt_length - 1)
+        """``min(512, 2048 - prompt_length - 1)`` as the original, lowered (never raised) by the settings."""
+        cap = min(MAX_NEW_TOKENS, CONTEXT_LENGTH - prompt_length - 1)
         if settings.max_new_tokens is not None:
             cap = min(cap, settings.max_new_tokens)
         if cap < 1:
             raise InvalidRequest(
-                f"the prompt is {prompt_length} tokens (image included); the model's max_position_embeddings "
-                f"{self.max_positions} leaves no room to generate: shorten the prompt"
+                f"the prompt is {prompt_length} tokens (image included); the original's {CONTEXT_LENGTH}-token "
+                "context leaves no room to generate: shorten the prompt"
             )
         return cap
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate for a batch of requests (left-padded; greedy output equals batch size 1).
+
+        Runs the decode backend chosen at load (`decode_path`); eager and static give the same tokens.
 
         Parameters
         ----------
@@ -194,54 +236,54 @@ class Engine:
             return []
         for r in requests:
             self.validate(r)
-        try:
-            with self._lock:
+        with self._lock:
+            try:
                 return self._generate(requests)
-        except torch.OutOfMemoryError as exc:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise OutOfMemory(
-                f"out of device memory generating a batch of {len(requests)} on {self.device}; "
-                "use a smaller batch, 4bit quantization or a larger device"
-            ) from exc
+            except torch.OutOfMemoryError as exc:
+                self._static = None  # a smaller batch (the worker's retry) needs the static cache's memory
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(
+                    f"out of device memory generating a batch of {len(requests)} on {self.device}; "
+                    "use a smaller batch, 4bit quantization or a larger device"
+                ) from exc
 
     def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         settings = [r.settings for r in requests]
         batch = self.prepare([r.image for r in requests], [r.prompt for r in requests])
         caps = [self.max_new_tokens(n, s) for n, s in zip(batch.prompt_lengths, settings)]
-        gens = [_generator(s.seed) for s in settings]
+        gens = [None if s.greedy else _generator(s.seed, self.device) for s in settings]
         b = len(requests)
         t0 = time.perf_counter()
-        cache = self._new_cache()
         with torch.inference_mode():
-            out = self._forward(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                position_ids=batch.position_ids, cache=cache, use_cache=True, logits_to_keep=1)
-            tokens = self._select(out.logits[:, -1, :], settings, gens)
+            decoder = (_StaticDecoder(self, batch, max(caps)) if self.decode == "static"
+                       else _EagerDecoder(self, batch))
+            tokens = self._select(decoder.prefill(), settings, gens)  # (B,) long, on the device
             self._sync()
             t1 = time.perf_counter()
             generated: list[list[int]] = [[] for _ in range(b)]
             done = [False] * b
             finish = ["length"] * b
-            mask, pos = batch.attention_mask, batch.position_ids[:, -1:]
+            done_rows = None  # (B, 1) bool on the device once a row has finished
             while True:
-                for i, tok in enumerate(tokens):
+                newly_done = False
+                for i, tok in enumerate(tokens.tolist()):  # the one host sync per step
                     if done[i]:
                         continue
                     if tok == self.eos_token_id and not settings[i].ignore_eos:
-                        done[i], finish[i] = True, "eos"
+                        done[i], finish[i], newly_done = True, "eos", True
                         continue
                     generated[i].append(tok)
                     if len(generated[i]) >= caps[i]:
-                        done[i] = True
+                        done[i], newly_done = True, True
                 if all(done):
                     break
-                step = torch.tensor([[self.eos_token_id if done[i] else t] for i, t in enumerate(tokens)],
-                                    device=self.device)  # (B, 1); finished rows are fed EOS and ignored
-                mask = torch.cat([mask, mask.new_ones((b, 1))], dim=1)
-                pos = pos + 1
-                out = self._forward(input_ids=step, attention_mask=mask, position_ids=pos, cache=cache,
-                                    use_cache=True, logits_to_keep=1)
-                tokens = self._select(out.logits[:, -1, :], settings, gens)
+                if newly_done:
+                    done_rows = torch.tensor(done, device=self.device)[:, None]
+                step = tokens[:, None]  # (B, 1); finished rows are fed EOS and their outputs ignored
+                if done_rows is not None:
+                    step = step.masked_fill(done_rows, self.eos_token_id)
+                tokens = self._select(decoder.step(step), settings, gens)
             self._sync()
             t2 = time.perf_counter()
         results = []
@@ -261,17 +303,59 @@ class Engine:
         return results
 
     def _select(self, logits: torch.Tensor, settings: list[GenerationSettings],
-                gens: list[torch.Generator | None]) -> list[int]:
-        """(B, V) logits -> one token id per row, each row with its own settings and generator."""
+                gens: list[torch.Generator | None]) -> torch.Tensor:
+        """(B, V) logits -> (B,) token ids on the device; each row with its own settings and generator."""
         vocab = self.tokenizer.vocab_size
         if logits.shape[-1] > vocab:  # rows beyond the tokenizer (none in the released checkpoint) never win
             logits = logits.clone()
             logits[:, vocab:] = float("-inf")
-        greedy = logits.argmax(dim=-1).tolist()
-        out = []
-        for i, s in enumerate(settings):
-            out.append(greedy[i] if s.greedy else sample(logits[i].float().cpu(), s, gens[i]))
-        return out
+        tokens = logits.argmax(dim=-1)
+        rows = [i for i, s in enumerate(settings) if not s.greedy]
+        if rows:
+            if len(rows) == len(settings):
+                return sample_batch(logits, settings, gens)
+            index = torch.tensor(rows, device=logits.device)
+            drawn = sample_batch(logits.index_select(0, index), [settings[i] for i in rows], [gens[i] for i in rows])
+            tokens = tokens.index_copy(0, index, drawn)
+        return tokens
+
+    def _static_cache(self, batch_size: int, length: int):
+        """A reset StaticCache for (batch_size, length): the previous one when it has that shape.
+
+        Reusing it keeps the cache tensors at the same addresses, so CUDA graphs recorded for that shape replay.
+        """
+        key = (batch_size, length)
+        if self._static is not None and self._static[0] == key:
+            cache = self._static[1]
+            cache.reset()
+            return cache
+        from transformers import StaticCache
+
+        self._static = None  # free the old one first
+        text_config = self.model.config.get_text_config()
+        params = inspect.signature(StaticCache.__init__).parameters
+        if "max_batch_size" in params:  # transformers 4.x: eager allocation
+            cache = StaticCache(config=text_config, max_batch_size=batch_size, max_cache_len=length,
+                                device=self.device, dtype=self._embed.weight.dtype)
+        else:  # 5.x: allocated on the first update (the prefill), then marked static for dynamo
+            cache = StaticCache(config=text_config, max_cache_len=length)
+        self._static = (key, cache)
+        return cache
+
+    def _decode_step(self, **kwargs):
+        """One decode forward: compiled when asked; a compilation failure falls back to eager, once, logged."""
+        if self._compiled is not None:
+            cache = kwargs.pop("cache")
+            kwargs[self._cache_kw] = cache
+            try:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are consumed
+                return self._compiled(**kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:  # a failed compile never ran the step
+                log.warning("torch.compile of the decode step failed (%s: %s); decoding without compile",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self._compiled = None
+                kwargs["cache"] = kwargs.pop(self._cache_kw)
+        return self._forward(**kwargs)
 
     # -- scoring ----------------------------------------------------------------------------------
     def score_yes_no(self, image: np.ndarray, prompts: Sequence[PromptLike]) -> list[float]:
@@ -317,8 +401,18 @@ class Engine:
             return out.logits[0].float().cpu()
 
 
-def _generator(seed: int | None) -> torch.Generator:
-    g = torch.Generator()
+def _allow_recompiles(limit: int) -> None:
+    """Raise dynamo's per-function recompile limit to at least `limit` (named recompile_limit since torch 2.6)."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    if getattr(dynamo_config, name, limit) < limit:
+        setattr(dynamo_config, name, limit)
+
+
+def _generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A per-request generator on the device that samples (same seed, same draws, whatever the batch)."""
+    g = torch.Generator(device=device)
     if seed is None:
         g.seed()
     else:
@@ -326,19 +420,106 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
-def sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
-    """One draw from (V,) float32 logits: temperature -> top-k -> top-p, as transformers' warpers in that order."""
-    scores = logits / settings.temperature
-    if settings.top_k > 0:
-        k = min(settings.top_k, scores.shape[-1])
-        kth = torch.topk(scores, k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if settings.top_p < 1.0:
-        # As TopPLogitsWarper: drop the low tail whose cumulative mass is <= 1 - top_p; keep >= 1 token.
+def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """(R, V) float32 logits -> warped scores, exactly transformers' TemperatureLogitsWarper ->
+    TopKLogitsWarper -> TopPLogitsWarper (the same ops with the same Python scalars, so the same bits)."""
+    scores = logits / temperature
+    if top_k > 0:
+        k = min(top_k, scores.shape[-1])
+        scores = scores.masked_fill(scores < torch.topk(scores, k)[0][..., -1, None], float("-inf"))
+    if top_p < 1.0:
+        # drop the low tail whose cumulative mass is <= 1 - top_p; always keep the top token
         sorted_scores, order = torch.sort(scores, descending=False)
         cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1 - settings.top_p)
-        remove[-1] = False
-        scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    probs = scores.softmax(dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+        remove = cumulative <= (1 - top_p)
+        remove[..., -1:] = False
+        scores = scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+    return scores
+
+
+def sample_batch(logits: torch.Tensor, settings: Sequence[GenerationSettings],
+                 generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One draw per row of (R, V) logits, on their device: warp -> softmax -> draw; returns (R,) long.
+
+    Rows sharing (temperature, top_k, top_p) are warped together (one batched pass in the usual case of
+    one setting per batch). The draw is torch.multinomial's own one-sample algorithm,
+    ``argmax(probs / q)`` with ``q ~ Exp(1)``, done by hand so that each row uses its own generator
+    (same seed, same tokens whatever the batch) with one argmax for the batch and no host sync:
+    the same generator state gives the same token as ``torch.multinomial(probs_row, 1, generator=g)``.
+    """
+    scores = logits.float()
+    groups: dict[tuple[float, int, float], list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(i)
+    if len(groups) == 1:
+        (temperature, top_k, top_p), = groups
+        scores = warp(scores, temperature, top_k, top_p)
+    else:
+        warped = torch.empty_like(scores)
+        for (temperature, top_k, top_p), rows in groups.items():
+            index = torch.tensor(rows, device=scores.device)
+            warped.index_copy_(0, index, warp(scores.index_select(0, index), temperature, top_k, top_p))
+        scores = warped
+    probs = scores.softmax(dim=-1)                 # (R, V) float32
+    q = torch.empty_like(probs)
+    for i, g in enumerate(generators):             # (V,) exponentials per row, from that row's generator
+        q[i].exponential_(1.0, generator=g)
+    return (probs / q).argmax(dim=-1)
+
+
+def sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
+    """One draw from (V,) logits: temperature -> top-k -> top-p, as transformers' warpers in that order."""
+    return int(sample_batch(logits[None], [settings], [generator])[0])
+
+
+class _EagerDecoder:
+    """DynamicCache: the mask and the cache grow by one position per step."""
+
+    def __init__(self, engine: Engine, batch: PreparedBatch):
+        self.engine, self.batch = engine, batch
+        self.cache = engine._new_cache()
+        self.mask = batch.attention_mask               # (B, L + t) long
+        self.pos = batch.position_ids[:, -1:]          # (B, 1) long
+
+    def prefill(self) -> torch.Tensor:
+        """(B, V) logits of the last prompt position."""
+        b = self.batch
+        out = self.engine._forward(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
+                                   position_ids=b.position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, 1) token ids -> (B, V) logits of the next position."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+        self.pos = self.pos + 1
+        out = self.engine._forward(input_ids=ids, attention_mask=self.mask, position_ids=self.pos, cache=self.cache,
+                                   use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+
+class _StaticDecoder:
+    """StaticCache of C positions: fixed shapes every step, so the step can be compiled (and CUDA-graphed)."""
+
+    def __init__(self, engine: Engine, batch: PreparedBatch, max_new_tokens: int):
+        self.engine, self.batch = engine, batch
+        b, length = batch.attention_mask.shape
+        # the last new token is never fed back: L + max_new_tokens - 1 positions are written at most
+        size = -(-(length + max_new_tokens) // STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE
+        self.cache = engine._static_cache(b, size)
+        # (B, C) long: 0 on the left padding, 1 elsewhere. Positions past the current one are excluded by the
+        # causal mask (the cache's own length gives the query offset), so this never changes while decoding.
+        self.mask = batch.attention_mask.new_ones((b, size))
+        self.mask[:, :length] = batch.attention_mask
+        self.pos = batch.position_ids[:, -1:]          # (B, 1) long
+
+    def prefill(self) -> torch.Tensor:
+        b = self.batch
+        out = self.engine._forward(inputs_embeds=b.inputs_embeds, attention_mask=self.mask,
+                                   position_ids=b.position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        self.pos = self.pos + 1
+        out = self.engine._decode_step(input_ids=ids, attention_mask=self.mask, position_ids=self.pos,
+                                       cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]

@@ -6,8 +6,11 @@ local directory.
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -67,17 +70,53 @@ def resolve_precision(config: ModelConfig, device: torch.device) -> tuple[torch.
     return getattr(torch, dtype_name), quantization
 
 
+def looks_like_path(model: str) -> bool:
+    """A model string meant as a local path: starts with '.', '/' or '~', has more than one separator, or exists.
+
+    Such a string is never looked up on the hub (``org/name`` has exactly one '/').
+    """
+    seps = model.count(os.sep) + (model.count(os.altsep) if os.altsep else 0)
+    return model.startswith((".", "/", "~")) or seps > 1 or Path(model).expanduser().exists()
+
+
+def local_revision(directory: Path, *, sample_bytes: int = 1 << 20) -> str:
+    """A revision for an unpinned local checkpoint: ``local-`` + a short content fingerprint.
+
+    Stored analyses are keyed by model name and revision, so weights replaced in the same directory
+    must not reuse old drafts. Hashing 14 GB at every start would take a minute; the fingerprint
+    covers the small files whole and, per weight file, its size plus its first and last MiB (the
+    safetensors header and tensors at both ends), which changes whenever the weights do in practice.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        with path.open("rb") as fh:
+            if size <= 2 * sample_bytes:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(sample_bytes))
+                fh.seek(size - sample_bytes)
+                digest.update(fh.read(sample_bytes))
+    return "local-" + digest.hexdigest()[:12]
+
+
 def resolve_checkpoint(config: ModelConfig) -> tuple[Path, str, str | None]:
     """Local directory or hub id -> (directory, model name, revision)."""
     local = Path(config.model).expanduser()
-    if local.exists():
+    if looks_like_path(config.model):
+        if not local.exists():
+            raise ModelLoadError(
+                f"model directory {local} not found; give an existing checkpoint directory "
+                "(or a hub id such as ECOFRI/CXR-LLAVA-v2)"
+            )
         if not local.is_dir():
             raise ModelLoadError(f"model path {local} is a file; give the checkpoint directory")
         if not (local / "config.json").is_file():
             raise ModelLoadError(f"{local} has no config.json; is it a CXR-LLAVA checkpoint directory?")
         # a checkpoint may name itself (the tiny demo model does); else the directory's name
         name = read_json(local / "config.json").get("cxr_cds_model_name") or local.resolve().name
-        return local, str(name), config.revision
+        return local, str(name), config.revision or local_revision(local)
     if not _HUB_ID.match(config.model):
         raise ModelLoadError(f"model {config.model!r} is neither an existing directory nor a hub id (owner/name)")
     from huggingface_hub import snapshot_download
@@ -141,8 +180,13 @@ def read_published_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def quantization_config(quantization: str, dtype: torch.dtype):
-    """BitsAndBytesConfig for the language model (NF4 + double quant for 4bit), or None."""
+def quantization_config(quantization: str):
+    """BitsAndBytesConfig for the language model, or None.
+
+    4bit: NF4 + double quantization, computing in bfloat16 whatever the model dtype (the original runs in
+    bf16; a float32 model on CPU would otherwise make bitsandbytes dequantize to float32 for every matmul).
+    The vision tower, the projector and lm_head stay unquantized.
+    """
     if quantization == "none":
         return None
     bitsandbytes()
@@ -152,7 +196,7 @@ def quantization_config(quantization: str, dtype: torch.dtype):
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANTIZATION)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=SKIP_QUANTIZATION,
+        bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=SKIP_QUANTIZATION,
     )
 
 
@@ -208,7 +252,7 @@ def load(config: ModelConfig) -> Engine:
     device = resolve_device(config.device)
     dtype, quantization = resolve_precision(config, device)
     directory, name, revision = resolve_checkpoint(config)
-    qconfig = quantization_config(quantization, dtype)
+    qconfig = quantization_config(quantization)
     cfg = read_json(directory / "config.json")
     common: dict[str, Any] = {"dtype": dtype, "device_map": _device_map(device)}
     if qconfig is not None:
@@ -245,14 +289,24 @@ def load(config: ModelConfig) -> Engine:
     tok_cfg = read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
     # transformers' slow LlamaTokenizer defaults to legacy=True when the config does not say.
     tokenizer = ChatTokenizer(directory / "tokenizer.model", legacy=bool(tok_cfg.get("legacy", True)))
-    text_cfg = model.config.text_config
     identity = ModelIdentity(name=name, revision=revision, dtype=str(dtype).removeprefix("torch."),
                              quantization=quantization)
-    log.info("loaded %s (revision %s) on %s as %s/%s", name, revision, device, identity.dtype, quantization)
+    compile_ = resolve_compile(config, device, model)
+    log.info("loaded %s (revision %s) on %s as %s/%s, decode %s%s", name, revision, device, identity.dtype,
+             quantization, config.decode, "+compile" if compile_ else "")
     return Engine(
         model, tokenizer, identity=identity, image_size=image_size, image_mean=mean, image_std=std,
-        max_positions=int(text_cfg.max_position_embeddings), eos_token_id=tokenizer.eos_id,
+        eos_token_id=tokenizer.eos_id, decode=config.decode, compile=compile_,
     )
+
+
+def resolve_compile(config: ModelConfig, device: torch.device, model) -> bool:
+    """An explicit ``compile``, else: compile the static decode on CUDA unless the quantizer cannot be compiled."""
+    if config.compile is not None:
+        return config.compile
+    quantizer = getattr(model, "hf_quantizer", None)
+    return (config.decode == "static" and device.type == "cuda"
+            and (quantizer is None or bool(getattr(quantizer, "is_compileable", False))))
 
 
 def convert(source: str | Path, destination: str | Path, revision: str | None = None) -> Path:

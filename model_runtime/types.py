@@ -10,6 +10,8 @@ from model_runtime.errors import InvalidRequest
 
 Quantization = Literal["none", "8bit", "4bit"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit")
+Decode = Literal["eager", "static"]
+DECODES: tuple[str, ...] = ("eager", "static")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 # The image's place in `prompt_token_ids`, as in the reference (LLaVA's IMAGE_TOKEN_INDEX).
@@ -49,6 +51,13 @@ class ModelConfig:
         Hub cache directory.
     attn_implementation : str, optional
         Passed to transformers (``"sdpa"``, ``"eager"``); default: transformers' choice.
+    decode : {"eager", "static"}
+        Decode backend: ``eager`` (a growing DynamicCache, one eager forward per token) or ``static`` (a
+        StaticCache sized to the batch; with ``compile``, each decode step runs through torch.compile).
+        Both give the same tokens.
+    compile : bool, optional
+        torch.compile the decode step (``decode="static"`` only). Default: on for ``static`` on CUDA
+        (unless the quantization backend says it cannot be compiled), off elsewhere.
     """
 
     model: str
@@ -59,6 +68,8 @@ class ModelConfig:
     local_files_only: bool = False
     cache_dir: str | None = None
     attn_implementation: str | None = None
+    decode: Decode = "eager"
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -69,13 +80,22 @@ class ModelConfig:
             raise InvalidRequest(
                 f"quantization {self.quantization!r} is not supported; use one of {', '.join(QUANTIZATIONS)}"
             )
+        if self.decode not in DECODES:
+            raise InvalidRequest(f"decode {self.decode!r} is not supported; use one of {', '.join(DECODES)}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise InvalidRequest(f"compile must be true, false or unset (None), got {self.compile!r}")
+        if self.compile and self.decode != "static":
+            raise InvalidRequest(
+                "compile=True needs decode='static': the eager decode's cache grows every step, so there are "
+                "no fixed shapes to compile; set decode='static' or leave compile unset"
+            )
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """Sampling settings. ``temperature <= 0.001`` means greedy (as in the original).
 
-    ``max_new_tokens`` caps the original's ``min(512, max_positions - prompt_length - 1)``; it never raises it.
+    ``max_new_tokens`` caps the original's ``min(512, 2048 - prompt_length - 1)``; it never raises it.
     ``ignore_eos`` keeps decoding past EOS (benchmarks only: a fixed number of new tokens).
     """
 

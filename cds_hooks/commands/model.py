@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 TASK_TEMPLATES = {"report": "report.v1", "differential": "differential.v1", "question": "question.v1"}
+# Every generated text is a draft: labelled in the JSON and announced on stderr before the text.
+AI_DRAFT_NOTICE = "AI-generated draft for clinician review, not a final report."
 
 
 def _fail(message: str) -> None:
@@ -60,11 +62,13 @@ def read_image(path: Path):
 @click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]), default=None,
               help="Default: 4bit on CUDA, none on CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--decode", type=click.Choice(["eager", "static"]), default="eager", show_default=True,
+              help="Decode backend: static = static KV cache (+ torch.compile on CUDA); same tokens, faster on GPU.")
 @click.option("--revision", default=None, help="Hub revision to pin (hub ids only).")
 @click.option("--seed", type=int, default=None, help="Sampling seed (same seed, same text).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text.")
 def generate(model_path, image_path, task, question, temperature, top_p, max_new_tokens, dtype, quantization,
-             device, revision, seed, as_json):
+             device, decode, revision, seed, as_json):
     """Generate a draft report (or answer) for one chest radiograph. Output is an AI draft for review."""
     from model_runtime import GenerationRequest, GenerationSettings, ModelConfig, ModelRuntimeError, load
 
@@ -80,7 +84,7 @@ def generate(model_path, image_path, task, question, temperature, top_p, max_new
         settings = GenerationSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         _quiet_transformers()
         engine = load(ModelConfig(model=model_path, revision=revision, device=device, dtype=dtype,
-                                  quantization=quantization))
+                                  quantization=quantization, decode=decode))
         result = engine.generate([GenerationRequest(image=image, prompt=prompt, settings=settings)])[0]
     except ModelRuntimeError as exc:
         _fail(exc.message)
@@ -91,8 +95,10 @@ def generate(model_path, image_path, task, question, temperature, top_p, max_new
             _fail(str(exc))
         raise
     if as_json:
-        click.echo(json.dumps(dict(result.to_json(), task=task), indent=2))
+        click.echo(json.dumps(dict(result.to_json(), task=task, status="preliminary", ai_generated=True,
+                                   notice=AI_DRAFT_NOTICE), indent=2))
     else:
+        click.echo(AI_DRAFT_NOTICE, err=True)
         click.echo(result.text)
 
 

@@ -82,6 +82,9 @@ def test_every_new_variable_parses():
     ("CXR_CDS_DECODE_MIN_SHORT_EDGE", "-512", r"CXR_CDS_DECODE_MIN_SHORT_EDGE='-512' is not valid: must be >= 0; "
                                               r"expected pixels, e\.g\. 1024 .* 0 = full resolution"),
     ("CXR_CDS_DECODE_MIN_SHORT_EDGE", "1k", r"CXR_CDS_DECODE_MIN_SHORT_EDGE='1k' is not valid"),
+    ("CXR_CDS_MAX_BYTES", "0", r"CXR_CDS_MAX_BYTES='0' is not valid: must be > 0; expected the largest DICOM "
+                               r"instance retrieved or inflated"),
+    ("CXR_CDS_MAX_BYTES", "512MB", r"CXR_CDS_MAX_BYTES='512MB' is not valid"),
 ])
 def test_a_bad_value_names_the_variable(var, value, message):
     with pytest.raises(SettingsError, match=message):
@@ -169,3 +172,17 @@ def test_timeout_setting_bounds_each_request():
         assert exc.value.code == "pacs_timeout"
     finally:
         server.close()
+
+
+def test_the_byte_limit_reaches_the_source(tmp_path):
+    from imaging import StudyNotFound, find_radiograph
+    from tests.support import synthetic_cxr as syn
+
+    ds = syn.make_cxr(view="PA")
+    syn.write(ds, tmp_path / "pa.dcm")
+    assert _settings().max_bytes == imaging.MAX_BYTES
+    roomy = build_source(_settings(dicom_folder=str(tmp_path)))
+    assert find_radiograph(roomy, study_instance_uid=ds.StudyInstanceUID).sop_instance_uid == ds.SOPInstanceUID
+    tight = build_source(_settings(dicom_folder=str(tmp_path), max_bytes="1000"))
+    with pytest.raises((StudyNotFound, imaging.UnsupportedImage)):
+        find_radiograph(tight, study_instance_uid=ds.StudyInstanceUID)

@@ -41,6 +41,14 @@ def tiny_engine(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_static_engine(tiny_model_dir):
+    """The same checkpoint with the static-cache decode (no compile on CPU)."""
+    from model_runtime import ModelConfig, load
+
+    return load(ModelConfig(model=str(tiny_model_dir), device="cpu", decode="static"))
+
+
+@pytest.fixture(scope="session")
 def images() -> list[np.ndarray]:
     """Three 8-bit grayscale images of different shapes (portrait, landscape, already square-ish)."""
     rng = np.random.default_rng(7)

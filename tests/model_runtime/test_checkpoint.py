@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_runtime import ModelConfig, ModelLoadError, init_tiny, load
+from model_runtime import GenerationRequest, GenerationSettings, ModelConfig, ModelLoadError, convert, init_tiny, load
 from model_runtime.checkpoint import CheckpointSpec, NativeNames, to_native, to_published
 from model_runtime.loader import build_native_state_dict, read_published_tensors
 
@@ -131,8 +131,33 @@ def test_offline_hub_id_names_the_directory_to_provide(tmp_path):
 
 
 def test_neither_directory_nor_hub_id_is_rejected():
-    with pytest.raises(ModelLoadError, match="is neither an existing directory nor a hub id"):
-        load(ModelConfig(model="/no/such/dir", device="cpu"))
+    with pytest.raises(ModelLoadError, match="'not a hub id' is neither an existing directory nor a hub id"):
+        load(ModelConfig(model="not a hub id", device="cpu"))
+
+
+@pytest.mark.parametrize("model", ["/no/such/dir", "./no-such-dir", "~/no-such-cxr-dir", "no/such/dir", "../x"])
+def test_a_missing_path_is_directory_not_found_not_a_hub_lookup(model, tmp_path):
+    # local_files_only=False: were it taken for a hub id, the message would be the hub's ("cannot fetch")
+    with pytest.raises(ModelLoadError, match=r"model directory .* not found; give an existing checkpoint directory"):
+        load(ModelConfig(model=model, device="cpu", cache_dir=str(tmp_path)))
+
+
+def test_a_local_directory_load_never_touches_the_network(tiny_model_dir, tmp_path, monkeypatch, images,
+                                                          report_prompt):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access during a local load: {args[1:] or kwargs}")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    engine = load(ModelConfig(model=str(tiny_model_dir), device="cpu"))
+    native = load(ModelConfig(model=str(convert(tiny_model_dir, tmp_path / "native")), device="cpu"))
+    for e in (engine, native):
+        r = e.generate([GenerationRequest(images[0], report_prompt, GenerationSettings(temperature=0, max_new_tokens=2))])
+        assert r[0].new_tokens == 2
 
 
 def test_mapping_rejects_an_unknown_published_key(tiny_model_dir):
@@ -140,3 +165,23 @@ def test_mapping_rejects_an_unknown_published_key(tiny_model_dir):
     names = NativeNames("v", "p", "l", "lm_head")
     with pytest.raises(ModelLoadError, match="unexpected key vision_tower.transformer.resblocks.0.ls_1.gamma"):
         to_native({"vision_tower.transformer.resblocks.0.ls_1.gamma": torch.zeros(1)}, spec, names)
+
+
+def test_an_unpinned_local_checkpoint_gets_a_content_revision(tiny_model_dir, tmp_path):
+    import shutil
+
+    from model_runtime.loader import local_revision
+
+    first = local_revision(tiny_model_dir)
+    assert first.startswith("local-") and len(first) == len("local-") + 12
+    assert local_revision(tiny_model_dir) == first                    # stable
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert local_revision(copy) == first                              # the content, not the path
+    shard = sorted(copy.glob("model-*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF                                                  # one weight byte changed
+    shard.write_bytes(bytes(data))
+    assert local_revision(copy) != first
+    # small-sample mode: a change in the middle of a large file is caught by its size or ends only
+    assert local_revision(copy, sample_bytes=1 << 30) != first

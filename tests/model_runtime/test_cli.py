@@ -32,6 +32,17 @@ def test_generate_json_has_text_ids_timings_and_model(tiny_model_dir, png):
     assert out["prompt_token_ids"][:2] == [1, 1] and out["prompt_token_ids"].count(-200) == 1
     assert out["model"]["prompt_id"] and out["model"]["quantization"] == "none"
     assert {"queue_ms", "prefill_ms", "decode_ms"} <= set(out["timings"]) and out["task"] == "report"
+    assert out["status"] == "preliminary" and out["ai_generated"] is True
+    assert out["notice"] == "AI-generated draft for clinician review, not a final report."
+
+
+def test_generate_static_decode_gives_the_same_json_tokens(tiny_model_dir, png):
+    pytest.importorskip("prompts").render("report.v1")
+    args = ("generate", "--model", tiny_model_dir, "--image", png, "--temperature", "0", "--max-new-tokens", "6",
+            "--json")
+    eager, static = run(*args), run(*args, "--decode", "static")
+    assert static.exit_code == 0, static.output
+    assert json.loads(static.stdout)["token_ids"] == json.loads(eager.stdout)["token_ids"]
 
 
 def test_generate_question_prints_text(tiny_model_dir, png):
@@ -39,6 +50,9 @@ def test_generate_question_prints_text(tiny_model_dir, png):
     res = run("generate", "--model", tiny_model_dir, "--image", png, "--task", "question", "--question",
               "Is the heart enlarged?", "--temperature", "0", "--max-new-tokens", "3")
     assert res.exit_code == 0, res.output
+    # the draft notice comes first, on stderr; stdout holds the text alone
+    assert res.stderr.splitlines()[0] == "AI-generated draft for clinician review, not a final report."
+    assert "AI-generated" not in res.stdout
 
 
 def test_generate_16_bit_png_fails_with_one_line(tiny_model_dir, tmp_path):
@@ -57,7 +71,8 @@ def test_generate_question_task_needs_a_question(tiny_model_dir, png):
 def test_generate_missing_model_directory(png, tmp_path):
     res = run("generate", "--model", tmp_path / "nothing-here", "--image", png)
     assert res.exit_code == 1
-    assert "is neither an existing directory nor a hub id" in res.stderr and "Traceback" not in res.output
+    assert f"error: model directory {tmp_path / 'nothing-here'} not found" in res.stderr
+    assert "Traceback" not in res.output and "hub" not in res.stderr.split(";")[0]
 
 
 def test_generate_unreadable_image(tiny_model_dir, tmp_path):

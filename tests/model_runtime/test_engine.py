@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from model_runtime import (
-    IMAGE_SENTINEL, GenerationRequest, GenerationSettings, InvalidRequest, ModelConfig, convert, load,
+    IMAGE_SENTINEL, Engine, GenerationRequest, GenerationSettings, InvalidRequest, ModelConfig, ModelLoadError,
+    convert, load,
 )
-from model_runtime.engine import sample
-from model_runtime.loader import read_published_tensors
+from model_runtime.engine import sample, sample_batch
+from model_runtime.loader import SKIP_QUANTIZATION, quantization_config, read_published_tensors
 from model_runtime.preprocess import preprocess
 
 GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=12)
@@ -91,7 +94,7 @@ def test_batched_greedy_equals_batch_size_one(tiny_engine, images, report_prompt
 
 def test_result_carries_model_and_prompt_identity_and_timings(tiny_engine, images, report_prompt):
     r = tiny_engine.generate([GenerationRequest(images[0], report_prompt, GREEDY)])[0]
-    assert r.model == {"name": tiny_engine.identity.name, "revision": None, "dtype": "float32",
+    assert r.model == {"name": tiny_engine.identity.name, "revision": tiny_engine.identity.revision, "dtype": "float32",
                        "quantization": "none", "prompt_id": "report", "prompt_version": "v1"}
     assert {"queue_ms", "prefill_ms", "decode_ms"} <= set(r.timings)
     assert r.finish_reason == "length" and r.new_tokens == len(r.token_ids) == 12
@@ -107,12 +110,16 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batching(tiny_engine
 
 
 def test_new_token_cap_is_the_originals_rule(tiny_engine):
-    # max_position_embeddings 512 in the tiny config: min(512, 512 - prompt - 1)
-    assert tiny_engine.max_new_tokens(400, GenerationSettings()) == 111
-    assert tiny_engine.max_new_tokens(10, GenerationSettings()) == 501
+    # min(512, 2048 - prompt - 1) with the original's constant 2048 context, whatever the checkpoint's
+    # max_position_embeddings (512 in the tiny config)
+    assert tiny_engine.model.config.text_config.max_position_embeddings == 512
+    assert tiny_engine.max_new_tokens(400, GenerationSettings()) == 512
+    assert tiny_engine.max_new_tokens(1121, GenerationSettings()) == 512   # the real report prompt
+    assert tiny_engine.max_new_tokens(1600, GenerationSettings()) == 447
+    assert tiny_engine.max_new_tokens(2046, GenerationSettings()) == 1
     assert tiny_engine.max_new_tokens(10, GenerationSettings(max_new_tokens=7)) == 7
-    with pytest.raises(InvalidRequest, match="the prompt is 511 tokens .* max_position_embeddings 512 leaves no room"):
-        tiny_engine.max_new_tokens(511, GenerationSettings())
+    with pytest.raises(InvalidRequest, match="the prompt is 2047 tokens .* original's 2048-token context leaves no"):
+        tiny_engine.max_new_tokens(2047, GenerationSettings())
 
 
 def test_sampling_matches_transformers_warpers_in_order():
@@ -168,8 +175,9 @@ def test_convert_refuses_a_non_empty_destination(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
 def test_quantized_load_and_generate_on_cpu(tiny_model_dir, images, report_prompt, quantization):
-    pytest.importorskip("bitsandbytes")
+    _need_bitsandbytes()
     engine = load(ModelConfig(model=str(tiny_model_dir), device="cpu", quantization=quantization))
+    _assert_bnb_fields(engine.model.config.quantization_config, quantization)  # what the model was built with
     layer_types = {type(m).__name__ for n, m in engine.model.named_modules() if "language_model.layers" in n}
     assert ("Linear8bitLt" if quantization == "8bit" else "Linear4bit") in layer_types
     # The vision tower, the projector and lm_head stay unquantized.
@@ -190,3 +198,149 @@ def test_bad_settings_are_rejected():
         GenerationSettings(top_p=0)
     with pytest.raises(InvalidRequest, match="quantization '2bit' is not supported"):
         ModelConfig(model="x", quantization="2bit")
+
+
+# -- the static-cache decode ------------------------------------------------------------------------------
+
+
+def _batch3(images, report_prompt, question_prompt, settings):
+    return [GenerationRequest(images[0], report_prompt, settings),
+            GenerationRequest(images[1], question_prompt, settings),  # shorter prompt: left-padded
+            GenerationRequest(images[2], report_prompt, settings)]
+
+
+def test_static_decode_gives_the_eager_greedy_tokens_at_batch_1_and_3(tiny_engine, tiny_static_engine, images,
+                                                                      report_prompt, question_prompt):
+    assert tiny_static_engine.decode_path == "static" and tiny_engine.decode_path == "eager"  # no compile on CPU
+    one = [GenerationRequest(images[0], report_prompt, GREEDY)]
+    assert tiny_static_engine.generate(one)[0].token_ids == tiny_engine.generate(one)[0].token_ids
+    three = _batch3(images, report_prompt, question_prompt, GREEDY)
+    eager, static = tiny_engine.generate(three), tiny_static_engine.generate(three)
+    assert [r.token_ids for r in static] == [r.token_ids for r in eager]
+    assert [r.text for r in static] == [r.text for r in eager]
+    # same result shape: token counts, finish reasons, identity, timings with the prefill/decode split
+    for s, e in zip(static, eager):
+        assert (s.new_tokens, s.prompt_tokens, s.finish_reason, s.model) == (e.new_tokens, e.prompt_tokens,
+                                                                             e.finish_reason, e.model)
+        assert set(s.timings) == set(e.timings) >= {"preprocess_ms", "prefill_ms", "decode_ms", "queue_ms"}
+
+
+def test_static_decode_samples_the_eager_tokens_with_the_same_seeds(tiny_engine, tiny_static_engine, images,
+                                                                    report_prompt, question_prompt):
+    s = GenerationSettings(temperature=1.0, top_p=0.95, max_new_tokens=10, seed=11)
+    one = [GenerationRequest(images[0], report_prompt, s)]
+    assert tiny_static_engine.generate(one)[0].token_ids == tiny_engine.generate(one)[0].token_ids
+    mixed = _batch3(images, report_prompt, question_prompt, s)
+    mixed[1] = GenerationRequest(images[1], question_prompt, GREEDY)
+    mixed[2] = GenerationRequest(images[2], report_prompt, GenerationSettings(temperature=0.7, top_p=0.8, seed=3,
+                                                                              max_new_tokens=9))
+    eager, static = tiny_engine.generate(mixed), tiny_static_engine.generate(mixed)
+    assert [r.token_ids for r in static] == [r.token_ids for r in eager]
+    assert static[0].token_ids == tiny_static_engine.generate(one)[0].token_ids  # independent of the batch
+
+
+def test_static_cache_is_reset_between_batches_of_other_shapes(tiny_static_engine, images, report_prompt,
+                                                               question_prompt):
+    three = _batch3(images, report_prompt, question_prompt, GREEDY)
+    first = [r.token_ids for r in tiny_static_engine.generate(three)]
+    tiny_static_engine.generate(three[1:2])                                      # another (B, C): a new cache
+    tiny_static_engine.generate([GenerationRequest(images[1], report_prompt, GREEDY)] * 3)  # same (B, C), reused
+    assert [r.token_ids for r in tiny_static_engine.generate(three)] == first
+
+
+def test_both_decodes_stop_on_eos_row_by_row(tiny_engine, tiny_static_engine, images, report_prompt,
+                                            question_prompt):
+    three = _batch3(images, report_prompt, question_prompt, GREEDY)
+    free = tiny_engine.generate(three)
+    # Make a token the row-0 greedy text produces at step 3 the EOS: rows then stop at different steps.
+    eos = free[0].token_ids[3]
+    expected = []
+    for r in free:
+        ids = list(r.token_ids)
+        expected.append(tuple(ids[:ids.index(eos)]) if eos in ids else r.token_ids)
+    for base in (tiny_engine, tiny_static_engine):
+        engine = Engine(base.model, base.tokenizer, identity=base.identity, image_size=base.image_size,
+                        image_mean=base.image_mean, image_std=base.image_std, eos_token_id=eos, decode=base.decode)
+        got = engine.generate(three)
+        assert [r.token_ids for r in got] == expected
+        assert got[0].finish_reason == "eos" and got[0].new_tokens == free[0].token_ids.index(eos)
+        assert [r.finish_reason for r in got] == ["eos" if eos in r.token_ids else "length" for r in free]
+
+
+def test_batched_sampling_equals_multinomial_per_row_after_transformers_warpers():
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(1)) * 3
+    settings = [GenerationSettings(temperature=0.4, top_p=0.8), GenerationSettings(temperature=0.4, top_p=0.8),
+                GenerationSettings(temperature=1.3, top_p=0.95, top_k=0), GenerationSettings(temperature=0.2, top_k=5)]
+    drawn = sample_batch(logits, settings, [torch.Generator().manual_seed(10 + i) for i in range(4)])
+    assert drawn.shape == (4,) and drawn.dtype == torch.long
+    for i, s in enumerate(settings):
+        warpers = [TemperatureLogitsWarper(s.temperature)]
+        warpers += [TopKLogitsWarper(s.top_k)] if s.top_k else []
+        warpers += [TopPLogitsWarper(s.top_p)] if s.top_p < 1 else []
+        scores = logits[i:i + 1].clone()
+        for warper in warpers:
+            scores = warper(None, scores)
+        expected = torch.multinomial(scores[0].softmax(-1), 1, generator=torch.Generator().manual_seed(10 + i))
+        assert int(drawn[i]) == int(expected)
+
+
+def test_decode_settings_errors_are_clear(tiny_engine):
+    with pytest.raises(InvalidRequest, match="decode 'beam' is not supported; use one of eager, static"):
+        ModelConfig(model="x", decode="beam")
+    with pytest.raises(InvalidRequest, match="compile=True needs decode='static'"):
+        ModelConfig(model="x", compile=True)
+    with pytest.raises(InvalidRequest, match="compile must be true, false or unset .* got 'yes'"):
+        ModelConfig(model="x", decode="static", compile="yes")
+    e = tiny_engine
+    with pytest.raises(InvalidRequest, match="compile needs decode 'static'"):
+        Engine(e.model, e.tokenizer, identity=e.identity, image_size=e.image_size, image_mean=e.image_mean,
+               image_std=e.image_std, eos_token_id=2, compile=True)
+
+
+# -- bitsandbytes ---------------------------------------------------------------------------------------
+
+
+def _need_bitsandbytes() -> None:
+    """Skip on a developer machine without bitsandbytes; fail in CI (env CI set), where it must be installed."""
+    try:
+        with warnings.catch_warnings():  # its import warns about torch.jit (as pytest.importorskip hides)
+            warnings.simplefilter("ignore")
+            import bitsandbytes  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("bitsandbytes is missing in CI (env CI is set); install it: pip install 'bitsandbytes>=0.45'")
+        pytest.skip("bitsandbytes is not installed")
+
+
+def _assert_bnb_fields(qc, quantization: str) -> None:
+    skip = set(qc.llm_int8_skip_modules)
+    assert {"vision_tower", "multi_modal_projector", "lm_head"} <= skip and skip <= set(SKIP_QUANTIZATION)
+    if quantization == "4bit":
+        assert qc.load_in_4bit and not qc.load_in_8bit
+        assert qc.bnb_4bit_quant_type == "nf4" and qc.bnb_4bit_use_double_quant is True
+        assert qc.bnb_4bit_compute_dtype == torch.bfloat16  # pinned, whatever the model dtype (float32 here)
+    else:
+        assert qc.load_in_8bit and not qc.load_in_4bit
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_bitsandbytes_config_fields(quantization):
+    _need_bitsandbytes()
+    _assert_bnb_fields(quantization_config(quantization), quantization)
+    assert quantization_config("none") is None
+
+
+def test_missing_bitsandbytes_says_what_to_install(tiny_model_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` raise ImportError
+    with pytest.raises(ModelLoadError, match=r"4bit quantization needs bitsandbytes: `pip install 'bitsandbytes"):
+        load(ModelConfig(model=str(tiny_model_dir), device="cpu", quantization="4bit"))
+
+
+def test_an_unpinned_local_model_reports_its_content_revision(tiny_engine):
+    assert tiny_engine.identity.revision.startswith("local-")
