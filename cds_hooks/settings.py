@@ -351,6 +351,13 @@ def _check(s: Settings) -> None:
         # without it the expected `aud` would come from the request's Host header, which the caller controls
         raise SettingsError(f"{env_name('auth')}=jwt needs {env_name('public_url')} (the https base URL the "
                             "EHR calls, e.g. https://cds.example.org): JWT `aud` is checked against it")
+    if s.auth == "jwt":
+        # the EHR's bearer token would travel in clear text to a plain-http FHIR server
+        plain = [u for u in s.fhir_allowlist if u.lower().startswith("http://") and not _loopback_url(u)]
+        if plain:
+            raise SettingsError(f"{env_name('fhir_allowlist')}: {plain[0]!r} is plain http; the EHR's access "
+                                "token would be sent unencrypted: use https (http is accepted for loopback "
+                                f"hosts and with {env_name('auth')}=none only)")
     if s.dicomweb_url is None and s.dicom_folder is not None and not Path(s.dicom_folder).is_dir():
         raise SettingsError(f"{env_name('dicom_folder')}={str(s.dicom_folder)!r} is not a directory; "
                             f"create it or set {env_name('dicomweb_url')}")
@@ -362,6 +369,11 @@ def _check(s: Settings) -> None:
     if unknown:
         raise SettingsError(f"{env_name('critical_findings')}: unknown finding {unknown[0]!r}; known: "
                             + ", ".join(_finding_names()))
+
+
+def _loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _finding_names() -> tuple[str, ...]:

@@ -113,3 +113,18 @@ def test_settings_is_frozen():
     assert isinstance(s, Settings)
     with pytest.raises(AttributeError):
         s.auth = "jwt"
+
+
+def test_plain_http_fhir_servers_are_refused_with_jwt_auth_except_on_loopback():
+    from cds_hooks.settings import load_settings
+
+    jwt = {"auth": "jwt", "public_url": "https://cds.example.org",
+           "trusted_issuers": {"https://ehr.example.org": {"jku": ["https://ehr.example.org/jwks"]}}}
+    with pytest.raises(SettingsError, match=r"CXR_CDS_FHIR_ALLOWLIST: 'http://ehr.example.org/fhir' is plain "
+                                            r"http; the EHR's access token would be sent unencrypted"):
+        load_settings(environ={"CXR_CDS_FHIR_ALLOWLIST": "http://ehr.example.org/fhir"}, **jwt)
+    ok = load_settings(environ={"CXR_CDS_FHIR_ALLOWLIST": "https://ehr.example.org/fhir,http://127.0.0.1:8090/fhir"},
+                       **jwt)
+    assert ok.fhir_allowlist == ("https://ehr.example.org/fhir", "http://127.0.0.1:8090/fhir")
+    dev = load_settings(environ={"CXR_CDS_FHIR_ALLOWLIST": "http://ehr.example.org/fhir"}, auth="none")
+    assert dev.fhir_allowlist == ("http://ehr.example.org/fhir",)
