@@ -5,6 +5,9 @@ Rules (CDS Hooks 2.0, "Prefetch" and the service-side checklist items 20-27):
   not re-queried; an OperationOutcome is the client's error for that key, never clinical data;
 - an absent key is fetched from ``fhirServer`` only if that server is on the allowlist, with the
   bearer token from ``fhirAuthorization``, short timeouts, and ``next``-link paging;
+- a prefetch searchset with a ``next`` link is completed from an allowlisted ``fhirServer``; when
+  that can't be done (no ``fhirServer``, not allowlisted, a page fails) the pages we have are used
+  but the key is listed in ``HookData.partial``: it is never taken for the complete set;
 - data the service requires (the Patient) that can't be obtained -> 412 (``PreconditionFailed``).
 The access token goes only to ``fhirServer`` and never into a log line or an error message.
 """
@@ -37,6 +40,9 @@ class HookData:
     conditions: tuple[Mapping[str, Any], ...] = ()
     encounter: Mapping[str, Any] | None = None
     fetched: tuple[str, ...] = ()          # prefetch keys read from fhirServer (for metrics/tests)
+    # keys whose searchset is known to be incomplete (a `next` page we could not read): their
+    # resources are a subset, e.g. "conditions" from the first page only; absence there means nothing
+    partial: tuple[str, ...] = ()
 
 
 class FhirFetchError(Exception):
@@ -224,21 +230,29 @@ def gather(request: HookRequest, service: Service, *, allowlist: tuple[str, ...]
                     failed[key] = str(e)
                     log.warning("hookInstance=%s prefetch %s: %s", request.hook_instance, key, e)
 
-    # a paginated prefetch searchset is completed from fhirServer when we may call it
+    # a paginated prefetch searchset is completed from fhirServer when we may call it; otherwise its
+    # first page is used and the key is marked partial (CDS Hooks 2.0 "Prefetch": follow `next`
+    # if you need all of it; checklist item 26: never treat it as complete if you don't)
+    partial: list[str] = []
     for key, value in list(values.items()):
         if key in fetched or not isinstance(value, dict) or _next_link(value) is None:
             continue
-        if request.fhir_server and fhir_server_allowed(request.fhir_server, allowlist):
+        if request.fhir_server is None:
+            why = "no fhirServer was given"
+        elif not fhir_server_allowed(request.fhir_server, allowlist):
+            why = "fhirServer is not on CXR_CDS_FHIR_ALLOWLIST"
+        else:
             token = request.fhir_authorization.access_token if request.fhir_authorization else None
             try:
                 values[key] = FhirClient(request.fhir_server, token, timeout_s=timeout_s,
                                          session=session)._all_pages(value)
                 fetched.append(key)
+                continue
             except FhirFetchError as e:
-                log.warning("hookInstance=%s prefetch %s: next page: %s", request.hook_instance, key, e)
-        else:
-            log.info("hookInstance=%s prefetch %s is paginated and fhirServer is not allowlisted; "
-                     "using the first page only", request.hook_instance, key)
+                why = f"its next page could not be read ({e})"
+        partial.append(key)
+        log.warning("hookInstance=%s prefetch %s is paginated and %s; using the page(s) sent, "
+                    "an incomplete set", request.hook_instance, key, why)
 
     patients = _resources(values.get("patient"), "Patient")
     for key in REQUIRED_KEYS:
@@ -249,4 +263,5 @@ def gather(request: HookRequest, service: Service, *, allowlist: tuple[str, ...]
     conditions = tuple(_resources(values.get("conditions"), "Condition"))
     encounters = _resources(values.get("encounter"), "Encounter")
     return HookData(patient=patients[0], conditions=conditions,
-                    encounter=encounters[0] if encounters else None, fetched=tuple(fetched))
+                    encounter=encounters[0] if encounters else None, fetched=tuple(fetched),
+                    partial=tuple(partial))

@@ -134,8 +134,14 @@ class Analyzer:
                                     min_short_edge=self.settings.decode_min_short_edge or None)
         except Exception as e:
             self.metrics.analyses.labels("error").inc()
+            # our own typed errors are written never to carry patient identifiers; anything else may
+            # (a library's message can quote a header value), so only its type is logged
+            from imaging import ImagingError
+            from model_runtime import ModelRuntimeError
+
+            detail = str(e) if isinstance(e, (ImagingError, ModelRuntimeError)) else "(message not logged)"
             log.warning("analysis of study %s failed: %s: %s", plan.study.study_instance_uid,
-                        type(e).__name__, e)
+                        type(e).__name__, detail)
             raise
         self.runtime.store.put_analysis(key, analysis, prompt_key=self.settings.template)
         self.metrics.analyses.labels("stored").inc()

@@ -1,9 +1,10 @@
 """Verifying the EHR's bearer JWT (CDS Hooks 2.0 + docs/best-practices.md), and CORS.
 
 Order of checks: well-formed -> alg on our list (never ``none`` or HS*) -> ``typ``/``kid`` ->
-``iss`` on the allowlist -> key from the issuer's allowlisted ``jku`` or its configured JWK Set
-(cached; one refetch on an unknown ``kid``, rate-limited) -> signature -> ``aud`` = the invoked
-URL -> ``exp``/``iat`` with leeway -> ``jti`` not seen before. Any failure is ``Unauthorized``
+``iss`` on the allowlist -> ``jku``, if the issuer has an allowlist, on it -> key from the issuer's
+configured JWK Set, else its allowlisted ``jku`` or ``jwks_url`` (cached; one refetch on an
+unknown ``kid``, rate-limited) -> signature -> ``aud`` = the invoked URL -> ``exp``/``iat`` with
+leeway -> ``jti`` not seen before. Any failure is ``Unauthorized``
 whose message goes to the log (with ``iss`` and ``jti`` at most, never the token) and never to
 the client. Header and claim values are attacker-chosen JSON: their types are checked before use,
 and any unexpected exception during verification is a 401 too (fail closed), never a 500.
@@ -107,22 +108,30 @@ class JwtVerifier:
         self.remember_jti = remember_jti
 
     def _jwk(self, iss: str, header: Mapping[str, Any]) -> dict:
+        """The issuer's public key for ``kid``; a token's ``jku`` is fetched only if allowlisted.
+
+        An issuer with a ``jku`` allowlist refuses any other ``jku``. A key registered out of band
+        (``jwks``) is used as it is, whatever ``jku`` the token names: the CDS Hooks sandbox always
+        sends its ``jku``, and a dev profile that pins the sandbox's JWK Set must not need the
+        network. A ``jku`` that is not allowlisted is never fetched.
+        """
         config = self.issuers[iss]
         kid = header["kid"]
         jku = header.get("jku")
-        if jku is not None:
-            allowed = {normalise_url(u) for u in config.get("jku") or ()}
-            if not isinstance(jku, str) or normalise_url(jku) not in allowed:
-                raise Unauthorized(f"jku is not on the allowlist of issuer {iss}")
-            return self.jwks.key(jku, kid)
+        allowed = {normalise_url(u) for u in config.get("jku") or ()}
+        if jku is not None and allowed and (not isinstance(jku, str) or normalise_url(jku) not in allowed):
+            raise Unauthorized(f"jku is not on the allowlist of issuer {iss}")
         if config.get("jwks"):
             for key in config["jwks"].get("keys") or ():
                 if key.get("kid") == kid:
                     return key
-            raise Unauthorized(f"kid {kid!r} is not in the configured JWK Set of {iss}")
+        if jku is not None and allowed:
+            return self.jwks.key(jku, kid)
         if config.get("jwks_url"):
             return self.jwks.key(config["jwks_url"], kid)
-        raise Unauthorized(f"issuer {iss} sent no jku and has no configured JWK Set")
+        if config.get("jwks"):
+            raise Unauthorized(f"kid {kid!r} is not in the configured JWK Set of {iss}")
+        raise Unauthorized(f"issuer {iss} has no jku allowlist and no configured JWK Set for this token")
 
     def verify(self, authorization: str | None, audience: str) -> dict:
         """Verify an ``Authorization`` header value for a call to ``audience``.

@@ -142,10 +142,50 @@ def test_paginated_bundles_are_followed_with_the_token(fhir_server):
     data = gather(req, SIGN, allowlist=(fhir_server.url,), timeout_s=2)               # 26
     assert [c["code"]["text"] for c in data.conditions] == ["COPD", "Heart failure"]
     assert fhir_server.requests[0].authorization == f"Bearer {TOKEN}"
-    # without FHIR access the first page is used as it is, and nothing is fetched
+    assert data.fetched == ("conditions",) and data.partial == ()                      # complete now
+    # without FHIR access the first page is used as it is, nothing is fetched, and it is not complete
     fhir_server.requests.clear()
     data = gather(req, SIGN, allowlist=(), timeout_s=2)
     assert [c["code"]["text"] for c in data.conditions] == ["COPD"] and fhir_server.requests == []
+    assert data.partial == ("conditions",) and data.fetched == ()
+
+
+def _first_page(next_url: str) -> dict:
+    return {"resourceType": "Bundle", "type": "searchset", "total": 3,
+            "link": [{"relation": "self", "url": next_url.replace("page=2", "page=1")},
+                     {"relation": "next", "url": next_url}],
+            "entry": [{"resource": {"resourceType": "Condition", "code": {"text": "COPD"}}}]}
+
+
+@pytest.mark.parametrize("access, allowlisted, next_host, page2, why", [
+    ("none", False, None, None, "no fhirServer was given"),
+    ("server", False, None, None, "fhirServer is not on CXR_CDS_FHIR_ALLOWLIST"),
+    ("server", True, None, (401, OUTCOME), "its next page could not be read (FHIR Condition query returned HTTP 401)"),
+    ("server", True, "https://elsewhere.example", None,
+     "its next page could not be read (next link points to another host; not followed)"),
+])
+def test_paginated_prefetch_without_fhir_access_is_used_as_an_incomplete_set(make_app, fhir_server, caplog, access,
+                                                                           allowlisted, next_host, page2, why):
+    # item 26: the Condition searchset's first page is used (Conditions are nice to have: 200, not 412),
+    # never taken for the whole set (HookData.partial), and the log says why (no token, no patient id)
+    next_url = f"{next_host or fhir_server.url}/fhir/Condition?patient=pat-5&page=2"
+    if page2:
+        fhir_server.routes["/fhir/Condition?patient=pat-5&page=2"] = page2
+    prefetch = {"patient": patient("pat-5", "MRN-NONE"), "conditions": _first_page(next_url)}
+    body = _order_sign(prefetch=prefetch, **(_auth(fhir_server.url) if access == "server" else {}))
+    allowlist = (fhir_server.url,) if allowlisted else ()
+    caplog.set_level("INFO", logger="cds_hooks")
+    data = gather(parse_request(SIGN, body), SIGN, allowlist=allowlist, timeout_s=2)
+    assert [c["code"]["text"] for c in data.conditions] == ["COPD"]
+    assert data.partial == ("conditions",) and data.fetched == ()
+    assert f"hookInstance={body['hookInstance']} prefetch conditions is paginated and " in caplog.text
+    assert why in caplog.text and "an incomplete set" in caplog.text
+    assert [r.authorization for r in fhir_server.requests] == ([f"Bearer {TOKEN}"] if page2 else [])
+    # the hook itself answers 200 (the order's study is not acquired: no card), never 412
+    r = make_app(fhir_allowlist=allowlist).test_client().post("/cds-services/cxr-ai-order-sign", json=body)
+    assert r.status_code == 200 and r.get_json() == {"cards": []}
+    for secret in (TOKEN, "pat-5", "MRN-NONE", "Testpatient"):
+        assert secret not in caplog.text, secret
 
 
 def test_next_link_to_another_host_is_not_followed(fhir_server):

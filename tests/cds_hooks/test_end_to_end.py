@@ -5,12 +5,6 @@ or in the SQLite file)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from datetime import date
 
 import pytest
@@ -19,6 +13,7 @@ import requests
 from tests.cds_hooks.checks import check_response
 from tests.cds_hooks.conftest import PATIENT_NAME, cxr_order, hook_request, patient
 from tests.cds_hooks.loopback import LoopbackServer
+from tests.cds_hooks.serving import served
 
 pytestmark = pytest.mark.orthanc
 AI_LABEL = "AIAST"          # HL7 v3 ObservationValue "artificial intelligence asserted"
@@ -90,7 +85,7 @@ def test_no_token_or_identifier_reaches_logs_or_storage(make_app, orthanc, e2e_s
             "subject": "cxr-ai-cds"}}
         (card,) = check_response(client.post("/cds-services/cxr-ai-order-sign", json=_order_sign(**auth)).get_json())
         assert fhir.requests and fhir.requests[0].authorization == f"Bearer {token}"
-        # a 412 (patient unobtainable) and a pipeline failure are logged too
+        # a 412 (patient unobtainable) is logged too (a pipeline failure: test_requests.py)
         body = _order_sign(**auth)
         del body["prefetch"]
         assert client.post("/cds-services/cxr-ai-order-sign", json=body).status_code == 412
@@ -106,45 +101,15 @@ def test_no_token_or_identifier_reaches_logs_or_storage(make_app, orthanc, e2e_s
         assert secret.encode() not in stored, secret
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gunicorn_url(orthanc, e2e_study, tiny_model_dir, tmp_path_factory):
     """`cxr-cds serve` (gunicorn, one worker, threads) on loopback, stopped by PID."""
-    port = _free_port()
     work = tmp_path_factory.mktemp("gunicorn")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_CDS_")}
-    env.update(CXR_CDS_AUTH="none", CXR_CDS_DICOMWEB_URL=orthanc.dicomweb_url, CXR_CDS_MODEL=str(tiny_model_dir),
-               CXR_CDS_DEVICE="cpu", CXR_CDS_DB=str(work / "cds.sqlite3"), CXR_CDS_DEADLINE_S="60",
-               CXR_CDS_MAX_NEW_TOKENS="12", CXR_CDS_MAX_REQUEST_BYTES="65536")
-    log = open(work / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cds_hooks", "serve", "--port", str(port), "--threads", "4"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail("cxr-cds serve exited:\n" + (work / "serve.log").read_text()[-3000:])
-            try:
-                if requests.get(f"{url}/cds-services", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:   # refused, or accepted while the worker loads the model
-                time.sleep(0.25)
-        else:
-            pytest.fail("cxr-cds serve did not answer:\n" + (work / "serve.log").read_text()[-3000:])
+    env = {"CXR_CDS_AUTH": "none", "CXR_CDS_DICOMWEB_URL": orthanc.dicomweb_url, "CXR_CDS_MODEL": str(tiny_model_dir),
+           "CXR_CDS_DEVICE": "cpu", "CXR_CDS_DB": str(work / "cds.sqlite3"), "CXR_CDS_DEADLINE_S": "60",
+           "CXR_CDS_MAX_NEW_TOKENS": "12", "CXR_CDS_MAX_REQUEST_BYTES": "65536"}
+    with served(env, work) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 def test_gunicorn_serves_the_checklist_basics(gunicorn_url, assert_valid_r4):

@@ -284,3 +284,42 @@ def test_unexpected_failure_in_the_hook_view_is_200_with_a_notice_card(tmp_path,
     assert card["summary"] == "No AI draft: the service failed (OperationalError)" and card["indicator"] == "info"
     assert f"hookInstance={body['hookInstance']} hook answer failed: OperationalError" in caplog.text
     assert "MRN0042" not in caplog.text and "MRN0042" not in r.get_data(as_text=True)
+
+
+def test_pipeline_failure_is_logged_with_the_hook_instance_and_no_identifiers(make_app, engine, caplog):
+    from tests.cds_hooks.conftest import PATIENT_NAME, CountingGenerate
+
+    generate = CountingGenerate(engine)
+    generate.fail = MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    client = make_app(generate=generate, deadline_s=30).test_client()
+    body = hook_request("order-sign", "pat-42", [cxr_order("sr-1", "pat-42", accession="ACC0042")],
+                        prefetch={"patient": patient("pat-42", "MRN0042")})
+    caplog.set_level("INFO")
+    r = client.post(SIGN, json=body)                                                               # 44
+    assert generate.calls == 1                                                   # the model really ran
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    (card,) = check_response(r.get_json())
+    assert card["summary"] == "No AI draft: the analysis failed (MemoryError)" and card["indicator"] == "info"
+    assert "logged the failure" in card["detail"] and "suggestions" not in card
+    hooked = [rec for rec in caplog.records if f"hookInstance={body['hookInstance']}" in rec.getMessage()]
+    assert [(rec.levelname, rec.getMessage()) for rec in hooked] == [
+        ("WARNING", f"hookInstance={body['hookInstance']} no AI draft: MemoryError")]
+    for identifier in ("pat-42", "MRN0042", PATIENT_NAME, "Testpatient", "1961-04-02", "19610402", "ACC0042"):
+        assert identifier not in caplog.text, identifier
+
+
+def test_a_foreign_error_message_quoting_an_identifier_never_reaches_the_log(make_app, engine, caplog):
+    # a library's message may quote request or header values: only typed errors of ours are logged in full
+    from tests.cds_hooks.conftest import CountingGenerate
+
+    generate = CountingGenerate(engine)
+    generate.fail = ValueError("cannot parse PatientID MRN0042 for Testpatient")
+    client = make_app(generate=generate, deadline_s=30).test_client()
+    body = hook_request("order-sign", "pat-42", [cxr_order("sr-1", "pat-42", accession="ACC0042")],
+                        prefetch={"patient": patient("pat-42", "MRN0042")})
+    caplog.set_level("INFO")
+    r = client.post(SIGN, json=body)
+    assert r.status_code == 200 and generate.calls == 1
+    assert "ValueError" in caplog.text and "(message not logged)" in caplog.text
+    for identifier in ("MRN0042", "Testpatient"):
+        assert identifier not in caplog.text, identifier

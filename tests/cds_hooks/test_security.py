@@ -121,7 +121,7 @@ def test_expiry_and_issued_at_with_leeway(secure, keys, jwks_servers):
     assert _post(client, no_jti).status_code == 401
 
 
-def test_replayed_jti_is_refused_across_workers(make_app, tmp_path, keys, jwks_servers):
+def test_replayed_jti_is_refused_by_another_app_on_the_same_store(make_app, tmp_path, keys, jwks_servers):
     good, _ = jwks_servers
     issuers = {ISS: {"jku": [f"{good.url}/jwks.json"]}}
     shared_db = tmp_path / "shared.sqlite3"          # two "worker processes" share the store file
@@ -272,3 +272,128 @@ def test_pacs_token_is_checked_in_development_mode_too(make_app):
     url = f"/studies/{LATERAL_UID}/analyze"
     assert client.post(url).status_code == 401
     assert client.post(url, headers={"Authorization": f"Bearer {PACS_TOKEN}"}).status_code == 422
+
+
+# --- item 54 across processes: the jti store is the SQLite file every worker process opens --------------
+_WORKER = r"""
+import json, sys
+from pathlib import Path
+from cds_hooks.app import create_app
+from cds_hooks.runtime import Runtime
+from cds_hooks.settings import load_settings
+from cds_hooks.store import Store
+from imaging import FolderSource
+
+db, issuers, body, *tokens = sys.argv[1:]
+settings = load_settings(environ={}, auth="jwt", trusted_issuers=json.loads(issuers), db=Path(db),
+                         public_url="https://cds.example.org")
+
+def no_model(request):
+    raise AssertionError("this request needs no model")
+
+runtime = Runtime(source=FolderSource(Path(db).parent / "no-images"), generate=no_model,
+                  model_identity={"name": "none"}, store=Store(settings.db))
+app = create_app(settings, runtime=runtime)
+try:
+    client = app.test_client()
+    print(json.dumps([client.post("/cds-services/cxr-ai-order-sign", json=json.loads(body),
+                                  headers={"Authorization": f"Bearer {t}"}).status_code for t in tokens]))
+finally:
+    app.extensions["cxr_cds"].close()
+"""
+
+
+def test_replayed_jti_is_refused_by_another_worker_process(make_app, tmp_path, keys):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    issuers = {ISS: {"jwks": {"keys": [keys["es"][1]]}}}        # out of band: no JWKS server needed
+    shared_db = tmp_path / "shared.sqlite3"
+    here = make_app(auth="jwt", trusted_issuers=issuers, db=shared_db).test_client()
+    first, second = (mint(keys["es"][0], aud=SIGN) for _ in range(2))
+    assert _post(here, first).status_code == 200               # used in this process
+    body = _body()
+    worker = subprocess.run([sys.executable, "-c", _WORKER, str(shared_db), json.dumps(issuers), json.dumps(body),
+                             second, first], capture_output=True, text=True, timeout=120, check=False,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    assert json.loads(worker.stdout.splitlines()[-1]) == [200, 401]   # 54: the other process refuses `first`
+    assert _post(here, second, body=body).status_code == 401         # ... and this one refuses its `second`
+
+
+# --- item 55: the sandbox's token shape (cds-hooks/sandbox, CDS_HOOKS.md section 6.1) ----------------------
+SANDBOX_ISS = "https://sandbox.cds-hooks.org"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
+
+
+@pytest.fixture(scope="module")
+def sandbox_key():
+    """A local ES384 key standing in for the sandbox's (published) one: its JWK carries the sandbox's kid."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP384R1())
+    public = jwt.algorithms.ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    public.update(kid=SANDBOX_KID, alg="ES384", use="sig")
+    return private, public
+
+
+def _sandbox_token(private, aud=SIGN) -> str:
+    # exactly what the sandbox sends: ES384, its kid and jku, typ JWT; iss, aud, exp = now + 300, iat,
+    # jti (uuid4); no tenant, no sub, no nbf
+    import uuid
+
+    now = int(time.time())
+    return jwt.encode({"iss": SANDBOX_ISS, "aud": aud, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())},
+                      private, algorithm="ES384", headers={"kid": SANDBOX_KID, "jku": SANDBOX_JKU, "typ": "JWT"})
+
+
+def _issuers_from_env(value: dict) -> dict:
+    import json
+
+    from cds_hooks.settings import load_settings
+
+    env = {"CXR_CDS_AUTH": "jwt", "CXR_CDS_PUBLIC_URL": BASE, "CXR_CDS_TRUSTED_ISSUERS": json.dumps(value)}
+    return dict(load_settings(environ=env).trusted_issuers)
+
+
+@pytest.mark.parametrize("config", [
+    {"jwks": "sandbox"},                                       # its JWK Set pinned (offline dev profile)
+    {"jku": [SANDBOX_JKU], "jwks": "sandbox"},                 # its jku allowlisted and its keys pinned
+])
+def test_sandbox_token_is_accepted_when_its_issuer_is_configured(make_app, sandbox_key, config):
+    private, public = sandbox_key
+    config = {k: ({"keys": [public]} if v == "sandbox" else v) for k, v in config.items()}
+    app = make_app(auth="jwt", trusted_issuers=_issuers_from_env({SANDBOX_ISS: config}))
+    client = app.test_client()
+    for aud in (SIGN, f"{BASE}/cds-services//cxr-ai-order-sign"):     # as typed, with a trailing slash
+        r = _post(client, _sandbox_token(private, aud))
+        assert r.status_code == 200 and r.get_json() == {"cards": []}                      # 55
+    r = client.post("/cds-services/cxr-ai-order-sign/feedback", json={"feedback": [{"card": "c-1",
+                    "outcome": "overridden", "outcomeTimestamp": "2026-11-28T10:00:00Z"}]},
+                    headers={"Authorization": f"Bearer {_sandbox_token(private, SIGN + '/feedback')}"})
+    assert r.status_code == 200
+    assert app.extensions["cxr_cds"].verifier.jwks.fetches == 0      # the sandbox's jku was never fetched
+
+
+def test_sandbox_token_is_refused_unless_its_issuer_and_key_are_configured(make_app, sandbox_key, keys, caplog):
+    private, public = sandbox_key
+    caplog.set_level("INFO", logger="cds_hooks")
+    untrusted = make_app(auth="jwt", trusted_issuers=_issuers_from_env({ISS: {"jwks": {"keys": [keys["es"][1]]}}}))
+    r = _post(untrusted.test_client(), _sandbox_token(private))
+    assert r.status_code == 401 and r.data == b""
+    assert "issuer 'https://sandbox.cds-hooks.org' is not trusted" in caplog.text
+    # trusted, but pinned to another key (e.g. the real sandbox's): the signature fails
+    other = {"keys": [dict(keys["es2"][1], kid=SANDBOX_KID)]}
+    pinned = make_app(auth="jwt", trusted_issuers=_issuers_from_env({SANDBOX_ISS: {"jwks": other}}))
+    r = _post(pinned.test_client(), _sandbox_token(private))
+    assert r.status_code == 401 and "JWT from https://sandbox.cds-hooks.org refused: InvalidSignatureError" in caplog.text
+    # trusted with a jku allowlist that does not name the sandbox's jku: refused without any fetch
+    elsewhere = make_app(auth="jwt", trusted_issuers=_issuers_from_env(
+        {SANDBOX_ISS: {"jku": ["https://jwks.example.org/sandbox.json"], "jwks": {"keys": [public]}}}))
+    r = _post(elsewhere.test_client(), _sandbox_token(private))
+    assert r.status_code == 401 and "jku is not on the allowlist of issuer https://sandbox.cds-hooks.org" in caplog.text
+    for app in (untrusted, pinned, elsewhere):
+        assert app.extensions["cxr_cds"].verifier.jwks.fetches == 0
