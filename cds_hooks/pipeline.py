@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from fhir_mapping import DraftInputs, OrderInfo, build_draft
 from imaging import (
@@ -140,40 +140,23 @@ def run_analysis(
     source: ImageSource,
     plan: Plan,
     *,
-    context: ClinicalContext,
-    generate: Generate,
-    order: OrderInfo | None = None,
-    patient_reference: str | None = None,
-    encounter_reference: str | None = None,
-    template: str = DEFAULT_TEMPLATE,
-    settings: GenerationSettings | None = None,
-    score: Score | None = None,
     max_pixels: int = MAX_PIXELS,
     min_short_edge: int | None = None,
-    now: datetime | None = None,
+    **options: Any,
 ) -> Analysis:
-    """Fetch the planned instance (WADO-RS, one instance) and analyse it; see `analyze_image`.
+    """Fetch the planned instance (WADO-RS, one instance) and analyse it with `analyze_image`.
 
     `max_pixels` refuses larger images (decompression bombs); `min_short_edge` lets JPEG 2000 be
-    decoded at a reduced resolution whose short edge is still at least that many pixels.
+    decoded at a reduced resolution whose short edge is still at least that many pixels. Every other
+    keyword (`context`, `generate`, `order`, `template`, `settings`, `score`, ...) goes to
+    `analyze_image`; the study's image count picks the report code when the order has none.
     """
     t0 = time.perf_counter()
     image = fetch_radiograph(source, plan.study, plan.selection, max_pixels=max_pixels,
                              min_short_edge=min_short_edge)
     fetch_ms = (time.perf_counter() - t0) * 1000.0
-    analysis = analyze_image(
-        image,
-        context=context,
-        generate=generate,
-        order=order,
-        patient_reference=patient_reference,
-        encounter_reference=encounter_reference,
-        template=template,
-        settings=settings,
-        score=score,
-        view_count=len(plan.selection.considered) or None,
-        now=now,
-    )
+    options.setdefault("view_count", len(plan.selection.considered) or None)
+    analysis = analyze_image(image, **options)
     analysis.timings["fetch_decode_ms"] = round(fetch_ms, 1)
     return analysis
 
