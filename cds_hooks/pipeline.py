@@ -123,16 +123,18 @@ def plan_study(
     return Plan(study=study, selection=select_frontal(source, study))
 
 
+def model_key(identity: dict) -> str:
+    """``name@revision/quantization/dtype``: what of the model makes two drafts comparable.
+
+    The one definition used by analysis keys and by the store's per-instance lookups.
+    """
+    return (f"{identity.get('name')}@{identity.get('revision')}/{identity.get('quantization')}"
+            f"/{identity.get('dtype')}")
+
+
 def analysis_key(plan: Plan, model_identity: dict, prompt_key: str, context: ClinicalContext) -> str:
     """Cache key of an analysis: the instance read, the model, the prompt version and the context."""
-    parts = [
-        plan.selection.sop_instance_uid,
-        str(model_identity.get("name")),
-        str(model_identity.get("revision")),
-        str(model_identity.get("quantization")),
-        prompt_key,
-        context.key(),
-    ]
+    parts = [plan.selection.sop_instance_uid, model_key(model_identity), prompt_key, context.key()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 

@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from cds_hooks.pipeline import model_key
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS analyses (
     key TEXT PRIMARY KEY,
@@ -69,11 +71,6 @@ CREATE TABLE IF NOT EXISTS audit (
     elapsed_ms REAL NOT NULL
 );
 """
-
-
-def model_key(identity: dict) -> str:
-    """``name@revision/quantization``: the model part of a stored analysis' identity."""
-    return f"{identity.get('name')}@{identity.get('revision')}/{identity.get('quantization')}"
 
 
 def _now() -> str:
