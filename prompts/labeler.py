@@ -10,7 +10,9 @@ The steps, in order:
 3. Mentions: each finding's patterns (prompts/lexicon/findings.json). Fixed-presence patterns
    ("heart size is normal", "no acute cardiopulmonary process") win over plain mentions of the
    same words. Some patterns are signs of a finding rather than the finding ("blunting of the
-   costophrenic angle", "vascular congestion", "enlarged cardiac silhouette").
+   costophrenic angle", "enlarged cardiac silhouette"); "indirect" signs point at a finding
+   without being it and never make it more than uncertain ("vascular congestion" for edema: the
+   CheXpert labeler counts it as edema, human coders do not; see README).
 4. Cues (prompts/lexicon/cues.json), NegEx-style: the nearest cue before a mention in its clause
    (negation, uncertainty, resolution), or a cue right after it ("... cannot be excluded",
    "... has resolved"). Negation reaches across a list ("no consolidation, effusion, or
@@ -18,8 +20,12 @@ The steps, in order:
    Two findings joined by "or"/"versus" are both uncertain. A sign the sentence explains with a
    hedge ("blunting ... may reflect a small effusion") or whose finding it denies ("vascular
    congestion without frank edema") is uncertain, not present.
-5. Combine per finding: present beats uncertain beats absent; the evidence is the sentence the
-   winning mention is in, with its character span in the input text.
+5. Sides: a mention's own phrase ("left lower lobe atelectasis"), else the words after it ("effusion
+   on the left"); coordinated findings share a side stated once ("atelectasis and pneumonia at the
+   left base"); support devices take only the quoted device's side.
+6. Combine per finding: present beats uncertain beats absent; the evidence is the sentence the
+   winning mention is in (at most EVIDENCE_MAX_CHARS characters around the mention, cut on word
+   boundaries, when the sentence is longer), with its character span in the input text.
 
 The lexicons are this project's own lists; the CheXpert labeler's phrase lists served only as a
 coverage reference.
@@ -37,7 +43,10 @@ from prompts.findings import FINDING_NAMES, Finding, Findings
 _RANK = {"present": 3, "uncertain": 2, "absent": 1, "not_mentioned": 0}
 _NO_LATERALITY = frozenset({"cardiomegaly", "no_acute_finding"})
 # in this order: a fixed presence wins over a sign, a sign over a plain mention of the same words
-_MENTION_KINDS = ("present", "absent", "uncertain", "sign", "mention")
+_MENTION_KINDS = ("present", "absent", "uncertain", "sign", "indirect", "mention")
+# Evidence is a phrase around the deciding mention, at most this many characters (cut on word
+# boundaries): a report without sentence punctuation must not become one long "sentence" of evidence.
+EVIDENCE_MAX_CHARS = 160
 _WORD = r"[A-Za-z0-9]"
 
 # Section headers: a known name at a line start (or after a full stop) followed by a colon.
@@ -62,6 +71,7 @@ class _Mention:
     end: int
     fixed: str | None     # a fixed presence, else decided by cues
     sign: bool = False    # a sign of the finding ("blunted costophrenic angle"), not the finding itself
+    indirect: bool = False  # points at the finding without being it ("vascular congestion"): at most uncertain
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class _Decision:
     presence: str
     sentence: tuple[int, int]        # span of the evidence sentence in the input text
     order: int                        # position of the mention in the text, for ties
+    mention: tuple[int, int]          # span of the mention in the input text
     laterality: str | None
     severity: str | None
 
@@ -190,8 +201,9 @@ def _find_mentions(s: str, lex: _Lexicon) -> list[_Mention]:
                 if name in lex.exclude_after and lex.exclude_after[name].match(s[m.end():m.end() + 40]):
                     continue
                 taken.append(span)
-                found.append(_Mention(name, m.start(), m.end(), None if kind in ("sign", "mention") else kind,
-                                      kind == "sign"))
+                fixed = None if kind in ("sign", "indirect", "mention") else kind
+                found.append(_Mention(name, m.start(), m.end(), fixed, kind in ("sign", "indirect"),
+                                      kind == "indirect"))
     return sorted(found, key=lambda x: (x.start, x.end))
 
 
@@ -353,8 +365,9 @@ def _uncertain_signs(s: str, mentions: list[_Mention], presences: list[str], pre
     return out
 
 
-_CHANGE_AFTER = re.compile(r"\s+(?:improved|improving|increased|increasing|decreased|decreasing|worsened|"
-                           r"worsening|changed|smaller|larger|better|worse)", re.IGNORECASE)
+_CHANGE_AFTER = re.compile(r"\s+(?:interval\s+)?(?:improved|improving|increased|increasing|decreased|decreasing|"
+                           r"worsened|worsening|changed|smaller|larger|better|worse|increase|decrease|"
+                           r"improvement|progression|change)(?![A-Za-z])", re.IGNORECASE)
 
 
 def _severity_word(s: str, m: re.Match, lex: _Lexicon) -> str | None:
@@ -377,10 +390,13 @@ def _severity(s: str, mention: _Mention, window_start: int, lex: _Lexicon) -> st
     return _severity_word(s, sev, lex) if sev else None
 
 
-def _laterality(s: str, mention: _Mention, window: tuple[int, int], lex: _Lexicon) -> str | None:
+def _laterality(s: str, mention: _Mention, window: tuple[int, int], lex: _Lexicon) -> tuple[str | None, str]:
+    """The side of one mention and where it was read: "own" (its own phrase, up to the mention's
+    end: "left lower lobe atelectasis") or "after" ("pneumonia at the left base")."""
     if mention.finding in _NO_LATERALITY:
-        return None
+        return None, "own"
     sides: list[str] = []
+    source = "own"
     # the side words in this mention's own phrase: after the last comma or "with" before it
     # ("atelectasis, left greater than right, and a small right effusion" -> right)
     start = max(window[0], mention.start - 50)
@@ -398,11 +414,59 @@ def _laterality(s: str, mention: _Mention, window: tuple[int, int], lex: _Lexico
         side = lex.laterality_re.search(" ".join(words))
         if side:
             sides.append(lex.laterality[re.sub(r"\s+", " ", side.group().lower())])
+            source = "after"
     if not sides:
-        return None
+        return None, source
     if "bilateral" in sides or ("left" in sides and "right" in sides):
-        return "bilateral"
-    return sides[-1]
+        return "bilateral", source
+    return sides[-1], source
+
+
+# Between two coordinated findings: commas, "and", "or", "and/or", "versus", "/" and at most two
+# describing words ("left lower lobe atelectasis and patchy pneumonia").
+_COORDINATED = re.compile(r"[\s,/]*(?:(?:and/or|and|or|versus|vs\.?)[\s,]+)?(?:[A-Za-z-]+\s+){0,2}", re.IGNORECASE)
+
+
+def _shared_sides(s: str, mentions: list[_Mention], presences: list[str], sides: list[str | None],
+                  sources: list[str], lex: _Lexicon) -> list[str | None]:
+    """Coordinated findings share a side stated once for all of them: a side before the first
+    ("left lower lobe atelectasis and pneumonia") carries forward, one after the last ("atelectasis
+    and pneumonia at the left base") carries back. A finding with its own side keeps it."""
+    out = list(sides)
+    chain: list[int] = []
+    chains: list[list[int]] = []
+    for i, m in enumerate(mentions):
+        lateral = m.finding not in _NO_LATERALITY and presences[i] in ("present", "uncertain")
+        if not lateral:
+            if chain:
+                chains.append(chain)
+            chain = []
+            continue
+        if chain:
+            prev = mentions[chain[-1]]
+            gap = s[prev.end:m.start] if m.start >= prev.end else ""
+            joined = _COORDINATED.fullmatch(gap) is not None and not lex.laterality_re.search(gap) \
+                and not lex.cues["scope_breakers"].search(gap) and not lex.cues["terminators"].search(gap)
+            if not joined:
+                chains.append(chain)
+                chain = []
+        chain.append(i)
+    if chain:
+        chains.append(chain)
+    for chain in chains:
+        carry = None
+        for i in chain:                                  # forward, from a side in the own phrase
+            if out[i] is not None:
+                carry = out[i] if sources[i] == "own" else None
+            elif carry is not None:
+                out[i] = carry
+        carry = None
+        for i in reversed(chain):                        # backward, from a side read after the last
+            if sides[i] is not None:
+                carry = sides[i] if sources[i] == "after" else None
+            elif carry is not None and out[i] is None:
+                out[i] = carry
+    return out
 
 
 def _read_sentence(text: str, a: int, b: int, lex: _Lexicon, order0: int):
@@ -414,26 +478,33 @@ def _read_sentence(text: str, a: int, b: int, lex: _Lexicon, order0: int):
     alternatives = _alternatives(s, mentions)
     hard = _boundaries(s, lex, ("terminators", "relative"))
     presences = _uncertain_signs(s, mentions, [_classify(s, m, mentions, pre, post, lex) for m in mentions], pre, lex)
-    out = []
+    severities: list[str | None] = []
+    sides: list[str | None] = []
+    sources: list[str] = []
     for i, m in enumerate(mentions):
-        presence = presences[i]
-        if presence == "present" and (i in alternatives or s.rstrip().endswith("?")):
-            presence = "uncertain"      # "atelectasis or pneumonia", "new right effusion?"
+        if presences[i] == "present" and (i in alternatives or s.rstrip().endswith("?") or m.indirect):
+            presences[i] = "uncertain"  # "atelectasis or pneumonia", "new right effusion?", "vascular congestion"
         lat = sev = None
-        if presence in ("present", "uncertain"):
+        source = "own"
+        if presences[i] in ("present", "uncertain"):
             prev_end = max([x.end for x in mentions if x.end <= m.start and x.finding != m.finding]
                            + [b2 for _, b2 in hard if b2 <= m.start] + [0])
             next_start = min([x.start for x in mentions if x.start >= m.end] + [len(s)])
             sev = _severity(s, m, prev_end, lex)
-            lat = _laterality(s, m, (prev_end, next_start), lex)
-            if lat is None and m.finding not in _NO_LATERALITY and out:
-                lat = _explained_side(s, mentions[i - 1], m, out[-1][1], pre, lex)
-        out.append((m.finding, _Decision(presence, (a, b), order0 + m.start, lat, sev)))
-    return out
+            lat, source = _laterality(s, m, (prev_end, next_start), lex)
+            if lat is None and m.finding not in _NO_LATERALITY and i > 0:
+                lat = _explained_side(s, mentions[i - 1], m, presences[i - 1], sides[i - 1], pre, lex)
+        severities.append(sev)
+        sides.append(lat)
+        sources.append(source)
+    sides = _shared_sides(s, mentions, presences, sides, sources, lex)
+    return [(m.finding, _Decision(presences[i], (a, b), order0 + m.start, (a + m.start, a + m.end), sides[i],
+                                  severities[i]))
+            for i, m in enumerate(mentions)]
 
 
-def _explained_side(s: str, before: _Mention, mention: _Mention, decided: _Decision, pre: list[_Cue],
-                    lex: _Lexicon) -> str | None:
+def _explained_side(s: str, before: _Mention, mention: _Mention, before_presence: str, before_side: str | None,
+                    pre: list[_Cue], lex: _Lexicon) -> str | None:
     """The side of the finding a mention explains: "left basilar opacity may reflect layering pleural
     fluid" (the fluid is on the left), "right hilar opacity, concerning for pneumonia"."""
     gap = (before.end, mention.start)
@@ -442,10 +513,35 @@ def _explained_side(s: str, before: _Mention, mention: _Mention, decided: _Decis
         return None
     if any(gap[0] <= x[0] and x[1] <= gap[1] for x in _boundaries(s, lex, ("terminators",))):
         return None
-    return decided.laterality if decided.presence in ("present", "uncertain") else None
+    return before_side if before_presence in ("present", "uncertain") else None
 
 
 # ---------------------------------------------------------------- combine
+
+def _phrase(text: str, sentence: tuple[int, int], mention: tuple[int, int],
+            limit: int = EVIDENCE_MAX_CHARS) -> tuple[int, int]:
+    """The evidence span: the sentence, or where it is longer than `limit`, at most `limit`
+    characters of it around the mention, cut on word boundaries (the mention itself is kept)."""
+    a, b = sentence
+    if b - a <= limit:
+        return a, b
+    m0, m1 = mention
+    room = max(0, limit - (m1 - m0))
+    lo = max(a, m0 - room // 2)
+    hi = min(b, lo + max(limit, m1 - m0))
+    lo = max(a, min(lo, hi - limit))                    # near the sentence end: use the room before
+    if lo > a and text[lo - 1].isalnum() and text[lo].isalnum():
+        nxt = re.search(r"\s", text[lo:m0])          # start at the next word
+        lo = lo + nxt.end() if nxt else lo
+    if hi < b and text[hi - 1].isalnum() and text[hi].isalnum():
+        cut = max(text.rfind(" ", m1, hi), text.rfind("\n", m1, hi))
+        hi = cut if cut > m1 else hi
+    while lo < m0 and text[lo].isspace():
+        lo += 1
+    while hi > m1 and text[hi - 1].isspace():
+        hi -= 1
+    return lo, hi
+
 
 def _combine(name: str, decisions: list[_Decision], text: str) -> Finding:
     if not decisions:
@@ -453,13 +549,17 @@ def _combine(name: str, decisions: list[_Decision], text: str) -> Finding:
     top = max(_RANK[d.presence] for d in decisions)
     winners = sorted((d for d in decisions if _RANK[d.presence] == top), key=lambda d: d.order)
     first = winners[0]
-    sides = {d.laterality for d in winners if d.laterality}
-    if "bilateral" in sides or {"left", "right"} <= sides:
-        laterality = "bilateral"
+    if name == "support_devices":
+        # devices are different objects: the side is the quoted device's, never another line's
+        laterality = first.laterality
     else:
-        laterality = first.laterality or (sides.pop() if sides else None)
+        sides = {d.laterality for d in winners if d.laterality}
+        if "bilateral" in sides or {"left", "right"} <= sides:
+            laterality = "bilateral"
+        else:
+            laterality = first.laterality or (sides.pop() if sides else None)
     severity = first.severity or next((d.severity for d in winners if d.severity), None)
-    a, b = first.sentence
+    a, b = _phrase(text, first.sentence, first.mention)
     return Finding(name=name, presence=first.presence, evidence=text[a:b], span=(a, b),
                    laterality=laterality, severity=severity)
 
@@ -478,8 +578,10 @@ def extract_findings(text: str) -> Findings:
     Findings
         One Finding per name in FINDING_NAMES, in that order. For a mentioned finding:
         presence ("present" beats "uncertain" beats "absent" across sentences), the sentence it
-        rests on as `evidence` with `text[span[0]:span[1]] == evidence`, and laterality and
-        severity when the report states them (present or uncertain findings only).
+        rests on as `evidence` (a phrase of at most EVIDENCE_MAX_CHARS characters around the
+        mention when the sentence is longer, cut on word boundaries) with
+        `text[span[0]:span[1]] == evidence`, and laterality and severity when the report states
+        them (present or uncertain findings only).
 
     Raises
     ------

@@ -2,7 +2,10 @@
 
 Context text (reason for the exam, condition names, a clinician's question) comes from outside
 and is written into the user turn. It must not be able to close the user turn, open a system
-block, add a second image, or smuggle in layout (newlines) that reads like an instruction.
+block, add a second image, or smuggle in layout (newlines) that reads like an instruction. The
+role markers of the other common chat formats (``USER:``/``ASSISTANT:``, ``### Human:``, ChatML's
+``<|im_start|>``, ``<|user|>``, ...) go the same way: a model fine-tuned from a chat model has seen
+them as turn boundaries.
 """
 from __future__ import annotations
 
@@ -21,7 +24,16 @@ _CHAT_TOKENS = re.compile(
     r"|<\s*<\s*/?\s*sys\s*>\s*>"           # <<SYS>>, <</SYS>>
     r"|<\s*/?\s*s\s*>"                     # <s>, </s>
     r"|<\s*/?\s*image\s*>"                 # <image> (the one image slot belongs to the template)
-    r"|<\s*/?\s*(?:unk|pad)\s*>",          # the tokenizer's other special tokens
+    r"|<\s*/?\s*(?:unk|pad)\s*>"           # the tokenizer's other special tokens
+    # other chat formats' markup: ChatML and Phi/Zephyr/Llama 3 special tokens (<|im_start|>, <|user|>,
+    # <|eot_id|>, ...), Gemma's turn tokens, Alpaca/Vicuna headers ("### Human:", "### Instruction:")
+    r"|<\s*\|[^|<>]{0,40}\|\s*>"
+    r"|<\s*/?\s*(?:start|end)_of_turn\s*>"
+    r"|\#{1,6}\s*(?:human|assistant|user|system|instruction|response|input|bot|gpt)\s*:"
+    # Vicuna/LLaVA role prefixes ("USER:", "ASSISTANT:"), any case; "system:" only where it does not end
+    # a clinical phrase ("respiratory system: ..." stays)
+    r"|(?:user|assistant|human|gpt)\s*:"
+    r"|(?<![a-z] )system\s*:",
     re.IGNORECASE,
 )
 _WHITESPACE = re.compile(r"\s+")
@@ -60,6 +72,7 @@ def sanitize_text(text: str | None, max_chars: int = MAX_FIELD_CHARS) -> str:
         return ""
     text = unicodedata.normalize("NFKC", str(text))   # full-width "＜ｓ＞" -> "<s>" before matching
     text = _drop_invisible(text)
+    text = _WHITESPACE.sub(" ", text)                 # one space between words: the "system:" rule reads it
     # Removing one token can join its neighbours into a new one ("<ima<image>ge>"), so repeat
     # until nothing changes; each pass shortens the text, so this ends.
     while True:
