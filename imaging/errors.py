@@ -52,10 +52,28 @@ class UnsupportedImage(ImagingError):
 
 
 class UndecodableImage(ImagingError):
-    """Pixel data that cannot be decoded: missing decoder, truncated or corrupt file."""
+    """Pixel data that cannot be decoded: missing decoder, truncated or corrupt file, or a decoder that
+    crashed, ran past its time limit or its memory limit (in a child process: the service survives).
+
+    Attributes
+    ----------
+    sop_instance_uid : str or None
+        The instance it concerns, when known.
+    fingerprint : str or None
+        :func:`imaging.fingerprint.instance_fingerprint` of the instance version that failed
+        (``"sha256:<hex>"``), when a dataset was read: record the failure against (UID, fingerprint)
+        and :func:`imaging.fetch_radiograph` (``known_undecodable=``) answers from the record without
+        decoding again until the stored instance changes.
+    """
 
     code = "undecodable_image"
     http_status = 422
+
+    def __init__(self, message: str, *, code: str | None = None, sop_instance_uid: str | None = None,
+                 fingerprint: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.sop_instance_uid = sop_instance_uid
+        self.fingerprint = fingerprint
 
 
 class ImagingUnavailable(ImagingError):

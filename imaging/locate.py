@@ -6,7 +6,7 @@ from datetime import date
 
 from pydicom.dataset import Dataset
 
-from .sources import ImageSource, uid_of
+from .source import ImageSource, uid_of
 from .values import StudyMatch
 
 #: ModalitiesInStudy sent for patient-level searches (QIDO list matching uses commas, not backslashes:

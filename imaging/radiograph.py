@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from .errors import ImagingUnavailable, NoFrontalRadiograph, StudyNotFound, UnsupportedImage
+from .errors import ImagingUnavailable, NoFrontalRadiograph, StudyNotFound, UndecodableImage, UnsupportedImage
+from .fingerprint import instance_fingerprint
+from .isolation import DEFAULT_DECODE_LIMITS, DecodeLimits
 from .locate import locate_studies, parse_da
-from .pixels import MAX_PIXELS, render_reduced
+from .part10 import parse_dicom
+from .render import MAX_PIXELS, render_reduced
 from .select import FILE_EXCLUSIONS, classify, select_frontal
-from .sources import MAX_BYTES, ImageSource, byte_size, image_too_large, parse_dicom
+from .source import MAX_BYTES, ImageSource, byte_size, image_too_large
 from .values import RadiographImage, Selection, StudyMatch
 
 
@@ -31,11 +35,17 @@ def _spacing(ds: Dataset, scale: int = 1) -> tuple[tuple[float, float] | None, s
     return None, None
 
 
+#: ``known_undecodable(sop_instance_uid)``: the :class:`UndecodableImage` recorded for that instance
+#: (with its ``fingerprint``), or None.
+KnownUndecodable = Callable[[str], "UndecodableImage | None"]
+
+
 def _radiograph(ds: Dataset, *, what: str, view: str | None, reason: str | None,
                 bytes_transferred: int | None, max_pixels: int, min_short_edge: int | None = None,
-                extra_notes: tuple[str, ...] = ()) -> RadiographImage:
-    pixels, notes, reduction = render_reduced(ds, max_pixels=max_pixels, what=what,
-                                              min_short_edge=min_short_edge)   # (H, W) uint8 MONOCHROME2
+                extra_notes: tuple[str, ...] = (),
+                decode_limits: DecodeLimits = DEFAULT_DECODE_LIMITS) -> RadiographImage:
+    pixels, notes, reduction = render_reduced(ds, max_pixels=max_pixels, what=what, min_short_edge=min_short_edge,
+                                              decode_limits=decode_limits)   # (H, W) uint8 MONOCHROME2
     # A reduced J2K decode samples every 2**reduction-th stored pixel position (the wavelet low-pass
     # band is centred on them), so the pitch of the output grid is the stored spacing x 2**reduction.
     spacing, spacing_note = _spacing(ds, 1 << reduction)
@@ -58,8 +68,25 @@ def _radiograph(ds: Dataset, *, what: str, view: str | None, reason: str | None,
     )
 
 
+def _recorded(known_undecodable: KnownUndecodable | None, ds: Dataset, sop_instance_uid: str
+              ) -> UndecodableImage | None:
+    """A fresh copy of the failure recorded for this instance version, or None (not recorded, or changed)."""
+    if known_undecodable is None:
+        return None
+    recorded = known_undecodable(sop_instance_uid)
+    if recorded is None or not recorded.fingerprint:
+        return None
+    fingerprint = instance_fingerprint(ds)
+    if fingerprint != recorded.fingerprint:
+        return None                                 # the stored instance changed since: decode it again
+    return UndecodableImage(recorded.message, code=recorded.code, sop_instance_uid=sop_instance_uid,
+                            fingerprint=fingerprint)
+
+
 def fetch_radiograph(source: ImageSource, study: StudyMatch | str, selection: Selection, *,
-                     max_pixels: int = MAX_PIXELS, min_short_edge: int | None = None) -> RadiographImage:
+                     max_pixels: int = MAX_PIXELS, min_short_edge: int | None = None,
+                     decode_limits: DecodeLimits = DEFAULT_DECODE_LIMITS,
+                     known_undecodable: KnownUndecodable | None = None) -> RadiographImage:
     """WADO-RS of the selected instance only (as stored, no transcoding), decoded for display.
 
     Parameters
@@ -76,6 +103,13 @@ def fetch_radiograph(source: ImageSource, study: StudyMatch | str, selection: Se
         Opt-in: decode JPEG 2000 / HTJ2K grayscale images at the coarsest resolution level whose short
         edge is still >= this many pixels (e.g. 1024 = 2 x the model's 512 px input), with a note and
         the pixel spacing scaled; other transfer syntaxes are unaffected. None or 0: full resolution.
+    decode_limits
+        Time and memory limits of the child process that decodes compressed pixel data.
+    known_undecodable
+        ``sop_instance_uid -> UndecodableImage | None``: the failure recorded for the instance (e.g. by
+        the job layer from an earlier :class:`UndecodableImage`). When its ``fingerprint`` equals the
+        retrieved instance's (:func:`imaging.instance_fingerprint`), a copy of it is raised without
+        decoding again; a changed instance is decoded.
 
     Returns
     -------
@@ -84,23 +118,33 @@ def fetch_radiograph(source: ImageSource, study: StudyMatch | str, selection: Se
 
     Raises
     ------
-    ImagingUnavailable, StudyNotFound, UnsupportedImage, UndecodableImage
+    ImagingUnavailable, StudyNotFound, UnsupportedImage
+    UndecodableImage
+        Carries ``sop_instance_uid`` and, once the instance was read, ``fingerprint``.
     """
     study_uid = study.study_instance_uid if isinstance(study, StudyMatch) else str(study)
-    retrieved = source.retrieve_instance(study_uid, selection.series_instance_uid, selection.sop_instance_uid)
+    try:
+        retrieved = source.retrieve_instance(study_uid, selection.series_instance_uid, selection.sop_instance_uid)
+    except UndecodableImage as exc:                 # not readable DICOM: no dataset, so no fingerprint
+        exc.sop_instance_uid = exc.sop_instance_uid or selection.sop_instance_uid
+        raise
     ds = retrieved.dataset
     if str(ds.get("SOPInstanceUID", "")) != selection.sop_instance_uid:
         raise ImagingUnavailable(f"{source.name} returned instance {ds.get('SOPInstanceUID', '(none)')} when "
                                  f"asked for {selection.sop_instance_uid}; check the PACS", code="pacs_wrong_instance")
+    recorded = _recorded(known_undecodable, ds, selection.sop_instance_uid)
+    if recorded is not None:
+        raise recorded
     return _radiograph(ds, what=f"instance {selection.sop_instance_uid}", view=selection.view,
                        reason=selection.reason, bytes_transferred=retrieved.bytes_transferred,
-                       max_pixels=max_pixels, min_short_edge=min_short_edge)
+                       max_pixels=max_pixels, min_short_edge=min_short_edge, decode_limits=decode_limits)
 
 
 def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_short_edge: int | None = None,
                     study_instance_uid: str | None = None, accession_number: str | None = None,
-                    patient_id: str | None = None, date_range: tuple[date | None, date | None] | None = None
-                    ) -> RadiographImage:
+                    patient_id: str | None = None, date_range: tuple[date | None, date | None] | None = None,
+                    decode_limits: DecodeLimits = DEFAULT_DECODE_LIMITS,
+                    known_undecodable: KnownUndecodable | None = None) -> RadiographImage:
     """Locate + select + fetch + decode: the newest matching study that has a frontal radiograph.
 
     Parameters
@@ -109,8 +153,8 @@ def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_sh
         A DICOMweb or folder source.
     max_pixels
         Pixel-count limit per frame.
-    min_short_edge
-        Opt-in reduced-resolution JPEG 2000 decode, as for :func:`fetch_radiograph`.
+    min_short_edge, decode_limits, known_undecodable
+        As for :func:`fetch_radiograph`.
     study_instance_uid, accession_number, patient_id, date_range
         As for :func:`locate_studies`.
 
@@ -146,7 +190,8 @@ def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_sh
             if isinstance(exc, NoFrontalRadiograph) and first_error is None:
                 first_error = exc
             continue
-        return fetch_radiograph(source, study, selection, max_pixels=max_pixels, min_short_edge=min_short_edge)
+        return fetch_radiograph(source, study, selection, max_pixels=max_pixels, min_short_edge=min_short_edge,
+                                decode_limits=decode_limits, known_undecodable=known_undecodable)
     if first_error is not None:
         if len(studies) > 1:
             raise NoFrontalRadiograph(f"{first_error} (and none in {len(studies) - 1} older matching studies)")
@@ -156,14 +201,15 @@ def find_radiograph(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_sh
 
 
 def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXELS,
-                    min_short_edge: int | None = None, max_bytes: int = MAX_BYTES) -> RadiographImage:
+                    min_short_edge: int | None = None, max_bytes: int = MAX_BYTES,
+                    decode_limits: DecodeLimits = DEFAULT_DECODE_LIMITS) -> RadiographImage:
     """A local DICOM file (or its bytes) as a :class:`RadiographImage` (what ``cxr-cds analyze FILE`` uses).
 
     The same metadata rules as for a PACS study apply, laxer on what the user chose explicitly: a
     secondary capture or an image without view information is accepted with a note; CT/MR/SR/PR,
-    localisers, other body parts and lateral/oblique/decubitus views are refused. ``max_pixels`` and
-    ``min_short_edge`` are as for :func:`fetch_radiograph`; ``max_bytes`` caps the file's size and a
-    Deflated data set's inflated size.
+    localisers, other body parts and lateral/oblique/decubitus views are refused. ``max_pixels``,
+    ``min_short_edge`` and ``decode_limits`` are as for :func:`fetch_radiograph`; ``max_bytes`` caps the
+    file's size and a Deflated data set's inflated size.
 
     Raises
     ------
@@ -174,8 +220,9 @@ def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int
     NoFrontalRadiograph
         A lateral (oblique, decubitus) view, a localiser or a non-chest radiograph.
     UndecodableImage
-        Not DICOM, truncated, corrupt, no decoder for its transfer syntax, or a malformed pixel-related
-        header value (code ``bad_image_header``).
+        Not DICOM, truncated, corrupt, no decoder for its transfer syntax, a malformed pixel-related
+        header value (code ``bad_image_header``), or a decoder that crashed, timed out or ran out of
+        memory in its child process (``decoder_crashed``, ``decode_timeout``, ``decode_memory_limit``).
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data, what = bytes(path_or_bytes), "DICOM bytes"
@@ -207,4 +254,5 @@ def read_radiograph(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int
     reason = f"local file; {verdict.view} by {verdict.evidence}" if verdict.view != "UNKNOWN" else \
         "local file; view not recorded, assumed frontal"
     return _radiograph(ds, what=what, view=verdict.view, reason=reason, bytes_transferred=len(data),
-                       max_pixels=max_pixels, min_short_edge=min_short_edge, extra_notes=notes)
+                       max_pixels=max_pixels, min_short_edge=min_short_edge, extra_notes=notes,
+                       decode_limits=decode_limits)

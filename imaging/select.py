@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from .errors import NoFrontalRadiograph, StudyNotFound
-from .sources import ImageSource, copy_element, uid_of
+from .source import ImageSource, copy_element, uid_of
 from .values import Selection, StudyMatch
 
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")       # DR: not a DICOM term, but vendors send it

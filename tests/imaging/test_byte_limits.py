@@ -127,7 +127,7 @@ def test_folder_file_over_the_cap_is_refused_at_retrieval(tmp_path):
 def test_folder_deflated_file_over_the_inflated_cap_is_not_indexed(tmp_path, caplog):
     ds = _deflated_flat()
     write(ds, tmp_path / "bomb.dcm")
-    with caplog.at_level(logging.WARNING, logger="imaging.sources"):
+    with caplog.at_level(logging.WARNING, logger="imaging.folder"):
         assert locate_studies(FolderSource(tmp_path, max_bytes=50_000), accession_number=ds.AccessionNumber) == []
     assert f"skipping a file in image folder {tmp_path}: image_too_large" in caplog.text
     [study] = locate_studies(FolderSource(tmp_path, max_bytes=200_000), accession_number=ds.AccessionNumber)

@@ -10,7 +10,8 @@ import pytest
 from pydicom import uid as uids
 
 from imaging import MAX_PIXELS, UndecodableImage, UnsupportedImage, to_display_8bit
-from imaging.pixels import missing_decoder_message, render
+from imaging.decode import missing_decoder_message
+from imaging.render import render
 from tests.support.synthetic_cxr import (compress, make_ct, make_cxr, make_multiframe, make_presentation_state,
                                          make_rgb_secondary_capture, to_bytes)
 
@@ -242,7 +243,7 @@ def test_broken_voi_lut_items():
 
 
 def test_weighted_percentiles_match_numpy_lower():
-    from imaging.pixels import _weighted_percentiles
+    from imaging.windowing import _weighted_percentiles
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 50, size=1001)

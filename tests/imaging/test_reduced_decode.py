@@ -22,7 +22,10 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, get_frame
 
 from imaging import UndecodableImage, find_radiograph, read_radiograph
-from imaging.pixels import decode_first_frame, decode_first_frame_reduced, render, render_reduced, to_display
+from imaging.decode import decode_first_frame
+from imaging.jpeg2000 import decode_first_frame_reduced
+from imaging.render import render, render_reduced
+from imaging.windowing import to_display
 from tests.support.synthetic_cxr import compress, make_cxr, make_multiframe, make_study, to_bytes
 
 # CDF 9/7 lifting constants (ISO/IEC 15444-1 Table F.4).

@@ -8,7 +8,7 @@ from pydicom.uid import generate_uid
 
 from imaging import (DicomWebSource, FolderSource, ImagingUnavailable, StudyNotFound, UndecodableImage,
                      find_radiograph, locate_studies, select_frontal)
-from imaging.sources import build_session
+from imaging.dicomweb import build_session
 from tests.imaging.conftest import FakePacs
 from tests.support.orthanc import OrthancServer
 from tests.support.synthetic_cxr import make_cxr, make_study, to_bytes, write
@@ -177,7 +177,7 @@ class WrongInstance(FolderSource):
 
     def retrieve_instance(self, study_instance_uid, series_instance_uid, sop_instance_uid):
         other = make_cxr()
-        from imaging.sources import RetrievedInstance
+        from imaging.source import RetrievedInstance
         return RetrievedInstance(other, 1)
 
 

@@ -486,3 +486,35 @@ def write(ds: Dataset, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(to_bytes(ds))
     return path
+
+
+# -- corrupt encodings that end an unprotected decoding process ------------------------------------
+def make_corrupt_j2k(**kwargs) -> Dataset:
+    """A JPEG 2000 Lossless CXR whose codestream is a SOC + SIZ marker and then 5000 fixed random bytes.
+
+    pylibjpeg-openjpeg and Pillow refuse it with an error; GDCM (which pydicom tries first for JPEG
+    2000) throws a C++ exception nothing catches: the process aborts (SIGABRT). ``kwargs`` go to
+    :func:`make_cxr` (UIDs, accession ...).
+    """
+    from pydicom.encaps import encapsulate
+
+    ds = compress(make_cxr(**kwargs), uids.JPEG2000Lossless)
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + np.random.default_rng(0).bytes(5000)])
+    return ds
+
+
+def make_corrupt_rle(**kwargs) -> Dataset:
+    """An RLE Lossless CXR whose segments have every 7th byte from offset 64 set to 0x7F (a literal run).
+
+    pylibjpeg-rle's Rust decoder (pydicom's first choice for RLE) panics on it: pyo3's ``PanicException``
+    is a ``BaseException``, so it passes every ``except Exception`` and ends the program. pydicom's own
+    RLE decoder reports it as corrupt. ``kwargs`` go to :func:`make_cxr`.
+    """
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = compress(make_cxr(**kwargs), uids.RLELossless)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    for i in range(64, len(frame), 7):
+        frame[i] = 0x7F
+    ds.PixelData = encapsulate([bytes(frame)])
+    return ds
