@@ -1,19 +1,23 @@
 """CDS Hooks cards built from a stored analysis (its parsed findings, never raw model text alone).
 
 Pure: values in, card dicts out. Every card carries a ``uuid`` (feedback needs it), a summary of
-at most 139 characters, an ``indicator`` from the findings' severity, a markdown ``detail``
-without raw HTML, a ``source`` with label and absolute url, ``overrideReasons`` and a link to the
-stored draft. Only a draft for the *ordered* study whose DICOM PatientID matched one of the
+at most 139 characters naming the findings the report calls present *or uncertain*, an
+``indicator`` from them (an uncertain critical finding is ``critical``), a short markdown
+``detail`` (disclaimer, one capped quoted phrase per finding, study date and view, model line) in
+which everything the model wrote is escaped and stripped of control characters, a ``source``
+with label and absolute url, ``overrideReasons`` and a signed link to the review page. Only a draft for the *ordered* study whose DICOM PatientID matched one of the
 Patient's MRNs carries the ``create`` DiagnosticReport suggestion; a prior study's card is labelled
 as a prior with its date and suggests nothing.
 No value is ever ``None`` or empty (CDS Hooks 2.0: omit instead).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
+from fhir_mapping import for_patient
 from prompts.findings import PRIMARY_FINDINGS
 
 Indicator = Literal["info", "warning", "critical"]
@@ -29,18 +33,23 @@ OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
     ("not-relevant", "Not relevant to this order"),
     ("already-reviewed", "Images already reviewed by radiology"),
 )
-DISCLAIMER = ("**AI-generated draft for clinician review, not a final report.** Review the images "
+DISCLAIMER = ("**AI-generated draft for clinician review, not a final report**: review the images "
               "before acting; the model can miss or invent findings.")
 
 
 @dataclass(frozen=True)
 class CardSettings:
-    """What the card builder needs from the service settings and the request."""
+    """What the card builder needs from the service settings and the request.
+
+    ``review_link(analysis_id, card_uuid) -> url`` makes the signed, expiring review-page URL that
+    every card about an analysis links to (``cds_hooks.review``); None: no link (unit tests, tools).
+    """
 
     base_url: str                          # public base URL, no trailing slash
     source_label: str
     source_url: str
     critical_findings: tuple[str, ...] = ("pneumothorax",)
+    review_link: Callable[[str, str], str] | None = None
 
 
 def _label(name: str) -> str:
@@ -52,108 +61,167 @@ def _finding_phrase(f: Any) -> str:
     return " ".join(words)
 
 
-def _abnormal(findings: Any) -> list[Any]:
-    """Present abnormal findings, most important first (critical ones, then the primary order)."""
-    order = {n: i for i, n in enumerate(PRIMARY_FINDINGS)}
-    present = [f for f in findings.present() if f.name not in _NEUTRAL]
-    return sorted(present, key=lambda f: order.get(f.name, len(order)))
+def _order(critical: Iterable[str]) -> Callable[[Any], tuple[bool, int]]:
+    """Sort key: critical findings first, then the primary order."""
+    critical = set(critical)
+    rank = {n: i for i, n in enumerate(PRIMARY_FINDINGS)}
+    return lambda f: (f.name not in critical, rank.get(f.name, len(rank)))
+
+
+def named_findings(findings: Any, critical: Iterable[str] = ()) -> list[Any]:
+    """Abnormal findings the report calls present, then those it calls uncertain; critical ones first in each.
+
+    An uncertain finding ("cannot exclude a pneumothorax") is a safety signal: it is named on the
+    card and raises the indicator like a present one.
+    """
+    key = _order(critical)
+    named = [f for f in findings if f.presence in ("present", "uncertain") and f.name not in _NEUTRAL]
+    return (sorted((f for f in named if f.presence == "present"), key=key)
+            + sorted((f for f in named if f.presence == "uncertain"), key=key))
 
 
 def indicator_for(findings: Any, critical: Iterable[str]) -> Indicator:
-    """``critical`` if a critical finding is present, ``warning`` for other abnormal findings, else ``info``."""
-    abnormal = _abnormal(findings)
-    if any(f.name in set(critical) for f in abnormal):
+    """``critical`` for a present or uncertain critical finding, ``warning`` for other named ones, else ``info``."""
+    named = named_findings(findings)
+    if any(f.name in set(critical) for f in named):
         return "critical"
-    return "warning" if abnormal else "info"
+    return "warning" if named else "info"
 
 
 def _leading(findings: Any, critical: Iterable[str]) -> str:
-    abnormal = sorted(_abnormal(findings), key=lambda f: f.name not in set(critical))
-    if abnormal:
-        return ", ".join(_finding_phrase(f) for f in abnormal)
+    named = named_findings(findings, critical)
+    if named:
+        return "; ".join(("possible " if f.presence == "uncertain" else "") + _finding_phrase(f) for f in named)
     if any(f.name == "no_acute_finding" for f in findings.present()):
         return "no acute finding"
     return "no abnormal finding named"
 
 
 def fit_summary(text: str, limit: int = SUMMARY_MAX) -> str:
-    """Shorten to ``limit`` characters at a comma or word boundary, with an ellipsis."""
+    """Shorten to ``limit`` characters at a separator or word boundary, with an ellipsis."""
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
-    for sep in (", ", " "):
+    for sep in ("; ", ", ", " "):
         if sep in cut[limit // 2:]:
             cut = cut[: cut.rindex(sep)]
             break
     return cut.rstrip(" ,;:") + "…"
 
 
+# C0 controls, DEL, C1 controls and U+FFFD (a decoding failure), removed from model text
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+# CommonMark punctuation that can start markup inside a line (model text never starts a line:
+# it always follows a label, so list and heading markers need no escape); "<" and ">" become
+# entities (no raw HTML, no <autolink>), "&" too (no entity injection)
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def strip_controls(text: str) -> str:
+    """Text without control characters (other than tab and newlines) or U+FFFD; whitespace kept."""
+    return _CONTROL.sub("", str(text))
+
+
+def clean_text(text: str) -> str:
+    """Model text without control characters or U+FFFD, whitespace collapsed to single spaces."""
+    return " ".join(_CONTROL.sub("", str(text)).split())
+
+
 def markdown_text(text: str) -> str:
-    """Free text (model output, error messages) as markdown-safe text: no raw HTML tags reach the EHR."""
-    return " ".join(str(text).replace("<", "&lt;").replace(">", "&gt;").split())
+    """Free text (model output, error messages) made inert for a Markdown card.
+
+    Control characters and U+FFFD are removed and whitespace collapsed to one line; every
+    character that could start Markdown markup (code spans, emphasis, links, images, headings,
+    lists, tables, autolinks) is backslash-escaped, and ``&``, ``<``, ``>`` become entities, so no
+    raw HTML, link or code span written by the model reaches the EHR.
+    """
+    escaped = _MD_SPECIAL.sub(r"\\\1", clean_text(text))
+    return escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+EVIDENCE_MAX = 80
+
+
+def short_phrase(text: str, limit: int = EVIDENCE_MAX) -> str:
+    """One short phrase of evidence: cleaned, cut at a word boundary to ``limit`` characters with an ellipsis."""
+    text = clean_text(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut[limit // 2:]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.") + "…"
 
 
 def _study_line(study: Mapping[str, Any]) -> str:
-    parts = [f"{study.get('modality') or 'CR/DX'} {study.get('view_position') or 'frontal'} view"]
-    if study.get("study_date"):
-        parts.append(f"dated {study['study_date']}")
-    if study.get("accession_number"):
-        parts.append(f"accession {study['accession_number']}")
-    line = ", ".join(parts) + f"; StudyInstanceUID `{study.get('study_instance_uid')}`"
-    selected = study.get("selected")
-    reason = study.get("selection_reason") or (selected.get("reason") if isinstance(selected, Mapping) else None)
-    if reason:
-        line += f" ({markdown_text(reason)})"
-    return line
+    """``Study: chest X-ray 2026-11-28, PA view (DX)``: no UIDs or accession (they are on the review page)."""
+    when = study.get("study_date") or "undated"
+    view = markdown_text(study.get("view_position") or "frontal")
+    modality = markdown_text(study.get("modality") or "CR/DX")
+    return f"**Study:** chest X-ray {when}, {view} view ({modality})"
 
 
-def _findings_lines(findings: Any) -> str:
+_PRESENCE = {"present": "present", "uncertain": "uncertain", "absent": "absent"}
+
+
+def _findings_lines(findings: Any, critical: Iterable[str]) -> str:
+    """Each named finding with one short quoted phrase; the findings reported absent on one line."""
     lines = []
-    for f in findings.mentioned():
+    for f in named_findings(findings, critical):
         text = f"- **{_label(f.name).capitalize()}**: {f.presence}"
-        qualifiers = ", ".join(q for q in (f.laterality, f.severity) if q)
+        qualifiers = ", ".join(markdown_text(q) for q in (f.severity, f.laterality) if q)
         if qualifiers:
-            text += f" ({qualifiers})"
+            text += f", {qualifiers}"
         if f.evidence:
-            text += f": “{markdown_text(f.evidence)}”"
+            text += f": “{markdown_text(short_phrase(f.evidence))}”"
         lines.append(text)
-    return "\n".join(lines) or "- No finding was named in the generated report."
+    absent = [_label(f.name) for f in findings if f.presence == "absent" and f.name not in _NEUTRAL]
+    if absent:
+        lines.append("- Reported absent: " + ", ".join(absent))
+    if not lines:
+        named = [f for f in findings.present() if f.name in _NEUTRAL]
+        lines.append("- " + (", ".join(_label(f.name).capitalize() for f in named) if named
+                             else "No finding was named in the generated report."))
+    return "\n".join(lines)
 
 
-SCORES_HEADING = ("**Model probabilities** (the model's P(yes) to one yes/no question per finding; "
-                  "uncalibrated model outputs, not a risk of disease):")
-_IN_REPORT = {"present": "present in report", "absent": "absent in report",
-              "uncertain": "uncertain in report", "not_mentioned": "not mentioned in report"}
-
-
-def _scores_lines(findings: Any, scores: Mapping[str, float] | None) -> str:
-    """Each primary finding with a score: its presence in the report and the model's P(yes); "" if none."""
-    lines = []
-    for name in PRIMARY_FINDINGS:
-        if not scores or scores.get(name) is None:
-            continue
-        try:
-            presence = findings[name].presence
-        except KeyError:
-            presence = "not_mentioned"
-        lines.append(f"- {_label(name).capitalize()}: {_IN_REPORT.get(presence, presence)}; "
-                     f"model P(yes) {float(scores[name]):.2f}")
-    return SCORES_HEADING + "\n" + "\n".join(lines) if lines else ""
+def _ident(value: Any) -> str:
+    """A configured identifier (model name, revision, prompt id) reduced to characters inert in Markdown."""
+    return re.sub(r"[^\w.:/@+() -]", "", clean_text(value)).strip() or "unknown"
 
 
 def _model_line(model: Mapping[str, Any]) -> str:
-    return (f"Model {model.get('name')} (revision {model.get('revision') or 'unpinned'}, "
-            f"{model.get('dtype') or 'default dtype'}, quantization {model.get('quantization') or 'none'}); "
-            f"prompt {model.get('prompt_id')} version {model.get('prompt_version')}.")
+    return (f"Model {_ident(model.get('name'))} (revision {_ident(model.get('revision') or 'unpinned')}); "
+            f"prompt {_ident(model.get('prompt_id'))} version {_ident(model.get('prompt_version'))}")
 
 
-def _common(cfg: CardSettings, analysis: Any) -> dict:
-    return {
+TRUNCATED = ("**The report stopped at the length limit: incomplete.** Findings after the cut-off "
+             "are missing; read the images.")
+
+
+def truncated(model: Mapping[str, Any]) -> bool:
+    """Whether generation stopped at the token cap (``finish_reason`` "length"; missing means "eos")."""
+    return (model or {}).get("finish_reason", "eos") == "length"
+
+
+def _common(cfg: CardSettings, analysis: Any, card_uuid: str) -> dict:
+    common: dict[str, Any] = {
         "source": {"label": cfg.source_label, "url": cfg.source_url},
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
-        "links": [{"label": "Open the stored AI draft (JSON)",
-                   "url": f"{cfg.base_url}/drafts/{analysis.analysis_id}", "type": "absolute"}],
     }
+    if cfg.review_link is not None:
+        common["links"] = [{"label": "Review the AI draft: image, evidence, agree or correct",
+                            "url": cfg.review_link(analysis.analysis_id, card_uuid), "type": "absolute"}]
+    return common
+
+
+def _detail(analysis: Any, cfg: CardSettings, *notes: str) -> str:
+    """The short detail: disclaimer, notes, the named findings with one quoted phrase each, study, model."""
+    parts = [DISCLAIMER, *notes,
+             TRUNCATED if truncated(analysis.model) else "",
+             "**Findings (from the generated report):**\n" + _findings_lines(analysis.findings, cfg.critical_findings),
+             _study_line(analysis.study) + "  \n" + _model_line(analysis.model)]
+    return "\n\n".join(p for p in parts if p)
 
 
 UNVERIFIED_PATIENT = ("**The patient match could not be verified**: the EHR sent no medical record number "
@@ -192,27 +260,17 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
     label = "AI draft" if verified else "AI draft (patient match unverified)"
     summary = fit_summary(f"{label}, chest X-ray {study.get('study_date') or ''}: "
                           f"{_leading(findings, cfg.critical_findings)}".replace("  ", " "))
-    # a shallow copy is enough: only top-level keys are set here, nested values are never mutated
-    report = dict(analysis.diagnostic_report)
-    report["subject"] = {"reference": f"Patient/{patient_id}"}
-    if encounter_id:
-        report["encounter"] = {"reference": f"Encounter/{encounter_id}"}
-    detail = "\n\n".join([
-        DISCLAIMER,
-        "" if verified else UNVERIFIED_PATIENT,
-        context_note or "",
-        f"**Study read:** {_study_line(study)}",
-        "**Findings (from the generated report):**\n" + _findings_lines(findings),
-        _scores_lines(findings, getattr(analysis, "scores", None)),
-        f"**Generated report:** {markdown_text(analysis.report_text)}" if analysis.report_text.strip() else "",
-        _model_line(analysis.model),
-    ])
+    # the stored draft holds no patient reference: this caller's copy (report and its contained
+    # Observations) gets subject and encounter; the stored one is never mutated
+    report = for_patient(analysis.diagnostic_report, patient_reference=f"Patient/{patient_id}",
+                         encounter_reference=f"Encounter/{encounter_id}" if encounter_id else None)
+    card_uuid = str(uuid.uuid4())
     card = {
-        "uuid": str(uuid.uuid4()),
+        "uuid": card_uuid,
         "summary": summary,
         "indicator": indicator_for(findings, cfg.critical_findings),
-        "detail": "\n\n".join(p for p in detail.split("\n\n") if p),
-        **_common(cfg, analysis),
+        "detail": _detail(analysis, cfg, "" if verified else UNVERIFIED_PATIENT, context_note or ""),
+        **_common(cfg, analysis, card_uuid),
     }
     if not verified:
         return card
@@ -258,48 +316,68 @@ def prior_card(analysis: Any, cfg: CardSettings, *, latest: bool = False,
     summary = fit_summary(f"{label} {when} (AI findings): {_leading(findings, cfg.critical_findings)}")
     intro = ("This is the patient's most recent chest radiograph on file."
              if latest else _PRIOR_INTRO[ordered].format(when=when))
-    detail = "\n\n".join(p for p in [
-        DISCLAIMER, intro, context_note or "",
-        f"**Study read:** {_study_line(study)}",
-        "**Findings (from the generated report):**\n" + _findings_lines(findings),
-        _scores_lines(findings, getattr(analysis, "scores", None)),
-        _model_line(analysis.model),
-    ] if p)
+    card_uuid = str(uuid.uuid4())
     return {
-        "uuid": str(uuid.uuid4()),
+        "uuid": card_uuid,
         "summary": summary,
         "indicator": indicator_for(findings, cfg.critical_findings) if latest else "info",
-        "detail": detail,
-        **_common(cfg, analysis),
+        "detail": _detail(analysis, cfg, intro, context_note or ""),
+        **_common(cfg, analysis, card_uuid),
     }
 
 
-def pending_card(cfg: CardSettings, *, study: Mapping[str, Any] | None = None) -> dict:
-    """Info card: the analysis of ``study`` is running and the next hook call will get it.
+#: What happens to a running analysis, by hook: the pending card must not promise a draft that won't come.
+_PENDING_NEXT: dict[str, str] = {
+    "order-select": ("The AI analysis is running in the background; the draft will be offered when this "
+                     "order is signed (or selected again)."),
+    "order-sign": ("The AI analysis is running in the background; it is stored when ready and shown the next "
+                   "time this order or the patient's chart is opened. It is not added to the chart unless a "
+                   "clinician accepts it."),
+    "patient-view": ("The AI analysis of the patient's most recent chest radiograph is running in the background; "
+                     "its findings will be shown the next time the chart is opened."),
+}
+_PENDING_PRIOR = ("The AI analysis of this PRIOR study is running in the background; its findings will be shown "
+                  "on a later call. The study just ordered is not in the PACS yet: no draft of it can be offered "
+                  "until it arrives.")
 
-    Without a study (the deadline passed while the EHR data and the PACS were still being queried)
-    the wording is neutral: nothing is known to be in preparation yet.
+
+def pending_card(cfg: CardSettings, *, study: Mapping[str, Any] | None = None, hook: str = "order-select",
+                 prior: bool = False) -> dict:
+    """Info card: the analysis of ``study`` is running; says what will happen for this ``hook``.
+
+    ``prior``: the running analysis is of a prior study (on an order hook) or of the latest one
+    (patient-view), so no draft of the ordered study is promised. Without a study (the deadline
+    passed while the EHR data and the PACS were still being queried) the wording is neutral:
+    nothing is known to be in preparation yet.
     """
     if not study:
+        later = ("a later call (for example at order signing)" if hook == "order-select"
+                 else "the next time the chart or this order is opened")
         return {
             "uuid": str(uuid.uuid4()),
             "summary": "AI draft not available yet; try again shortly",
             "indicator": "info",
             "detail": ("The service did not finish looking up the ordered chest radiograph (EHR data and "
                        "PACS) within its time budget. The lookup goes on in the background; if the study "
-                       "can be analysed, a later call (for example at order signing) will offer the draft."),
+                       f"can be analysed, {later} will show the result."
+                       if hook != "patient-view" else
+                       "The service did not finish looking up the patient's chest radiographs (EHR data and "
+                       "PACS) within its time budget. The lookup goes on in the background; the next time "
+                       "the chart is opened will show the result."),
             "source": {"label": cfg.source_label, "url": cfg.source_url},
         }
     what = "chest X-ray"
-    if study and study.get("study_date"):
+    if study.get("study_date"):
         what += f" of {study['study_date']}"
-    text = ("The AI analysis is running in the background; the draft will be offered on the next "
-            "call (for example at order signing).")
-    if study and study.get("study_instance_uid"):
-        text += f" Study: StudyInstanceUID `{study['study_instance_uid']}`."
+    if prior and hook != "patient-view":
+        summary, text = f"AI findings in preparation for the prior {what}", _PENDING_PRIOR
+    elif hook == "patient-view":
+        summary, text = f"AI findings in preparation for the {what}", _PENDING_NEXT["patient-view"]
+    else:
+        summary, text = f"AI draft in preparation for the {what}", _PENDING_NEXT.get(hook, _PENDING_NEXT["order-sign"])
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": fit_summary(f"AI draft in preparation for the {what}"),
+        "summary": fit_summary(summary),
         "indicator": "info",
         "detail": text,
         "source": {"label": cfg.source_label, "url": cfg.source_url},
@@ -335,5 +413,5 @@ def notice_card(cfg: CardSettings, summary: str, detail: str) -> dict:
 
 
 def present_findings(analysis: Any) -> list[str]:
-    """Names of the present findings (for feedback counts per finding)."""
-    return [f.name for f in analysis.findings.present()]
+    """Names of the findings the report calls present or uncertain (for feedback counts per finding)."""
+    return [f.name for f in analysis.findings if f.presence in ("present", "uncertain")]

@@ -14,6 +14,7 @@ COMMANDS = {
     "analyze": "cds_hooks.commands.analyze:analyze",
     "demo": "cds_hooks.commands.demo:demo",
     "serve": "cds_hooks.commands.serve:serve",
+    "worker": "cds_hooks.commands.worker:worker",
     "generate": "cds_hooks.commands.model:generate",
     "model": "cds_hooks.commands.model:model",
     "findings": "cds_hooks.commands.findings:findings",

@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from cds_hooks.errors import PreconditionFailed
+from cds_hooks.redact import hook_instance_tag
 from cds_hooks.services import HookRequest, Service
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def gather(request: HookRequest, service: Service, *, allowlist: tuple[str, ...]
                     fetched.append(key)
                 except FhirFetchError as e:
                     failed[key] = str(e)
-                    log.warning("hookInstance=%s prefetch %s: %s", request.hook_instance, key, e)
+                    log.warning("hookInstance=%s prefetch %s: %s", hook_instance_tag(request.hook_instance), key, e)
 
     # a paginated prefetch searchset is completed from fhirServer when we may call it; otherwise its
     # first page is used and the key is marked partial (CDS Hooks 2.0 "Prefetch": follow `next`
@@ -252,7 +253,7 @@ def gather(request: HookRequest, service: Service, *, allowlist: tuple[str, ...]
                 why = f"its next page could not be read ({e})"
         partial.append(key)
         log.warning("hookInstance=%s prefetch %s is paginated and %s; using the page(s) sent, "
-                    "an incomplete set", request.hook_instance, key, why)
+                    "an incomplete set", hook_instance_tag(request.hook_instance), key, why)
 
     patients = _resources(values.get("patient"), "Patient")
     for key in REQUIRED_KEYS:

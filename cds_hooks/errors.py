@@ -29,6 +29,34 @@ class BadRequest(CdsHooksError):
     issue_code = "invalid"
 
 
+class InvalidField(BadRequest):
+    """One field of the JSON body is malformed (400); ``field`` names it (``context.draftOrders.entry[0]``)."""
+
+    code = "invalid-field"
+
+    def __init__(self, message: str, *, field: str, code: str | None = None):
+        super().__init__(message)
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
+class PayloadTooLarge(CdsHooksError):
+    """The request body is larger than ``CXR_CDS_MAX_REQUEST_BYTES`` (413)."""
+
+    status = 413
+    code = "too-large"
+    issue_code = "too-costly"
+
+
+class UnsupportedMediaType(CdsHooksError):
+    """A JSON endpoint was sent a body that is not declared as JSON (415)."""
+
+    status = 415
+    code = "unsupported-media-type"
+    issue_code = "not-supported"
+
+
 class UnknownService(CdsHooksError):
     """No CDS service, study or draft with that id (404)."""
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from cds_hooks.errors import BadRequest
+from cds_hooks.errors import BadRequest, InvalidField
+from cds_hooks.services import field_path, lone_surrogate
 
 OUTCOMES = ("accepted", "overridden")
 
@@ -45,7 +46,15 @@ def parse_feedback(body: Any) -> list[dict]:
         outcome) not an array of ``{"id": string}``; an override reason whose ``code``/``system`` are
         not strings, or a ``userComment`` that is not a string. Every value the store reads is
         type-checked here, so a crafted body gets 400, never a 500.
+    InvalidField
+        A string holding a lone surrogate (``"\\udc00"``: it cannot be stored), naming the field. The
+        request body decoder refuses those already; this holds for bodies from anywhere else too.
     """
+    where = lone_surrogate(body)
+    if where is not None:
+        field = field_path(where)
+        raise InvalidField(f"{field} holds a lone UTF-16 surrogate, which is not text; send valid Unicode",
+                           field=field, code="invalid-text")
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
         raise BadRequest('feedback body must be {"feedback": [ {card, outcome, outcomeTimestamp, ...} ]}')
     items = []

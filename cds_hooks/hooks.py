@@ -25,23 +25,23 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
-from cds_hooks import cards
+from cds_hooks import cards, review
+from cds_hooks.redact import frames, hook_instance_tag, one_line, scrub
 from cds_hooks.context import HookData, gather
 from cds_hooks.errors import CdsHooksError
 from cds_hooks.feedback import parse_feedback
-from cds_hooks.jobs import Obtained
+from cds_hooks.jobs import AnalysisFailed, Obtained
 from cds_hooks.pipeline import Plan
 from cds_hooks.services import (HookRequest, Service, candidate_orders, discovery, get_service,
                                 is_chest_xray, parse_request)
 from fhir_mapping import patient_mrns, read_context, read_order
-from imaging import ImagingError, StudyMatch, StudyNotFound
+from imaging import ImagingError, ImagingUnavailable, StudyMatch, StudyNotFound
 from prompts import ClinicalContext
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,25 @@ class Outcome:
     context_key: str | None = None
     ordered: cards.OrderedStudy = "not-acquired"
     accession_number: str | None = None
+    note: str | None = None          # said on the card (e.g. the PACS could not be reached)
+
+
+PACS_UNREACHABLE_NOTE = ("**The PACS could not be reached**: this is the stored AI draft of the ordered study; "
+                         "the image and its patient match could not be checked again now.")
+
+
+def _failed_notice(cfg: cards.CardSettings, failure: AnalysisFailed, hook_instance: str) -> dict:
+    """A card for a failed analysis; its reason is identifier-free (see ``worker.reason_of``)."""
+    if failure.kind == "imaging":
+        log.warning("hookInstance=%s no AI draft: %s: %s", hook_instance_tag(hook_instance), failure.code,
+                    one_line(failure.message))
+        return cards.notice_card(cfg, f"No AI draft: imaging problem ({failure.code})",
+                                 "The chest radiograph could not be analysed: "
+                                 f"{cards.markdown_text(failure.message)}")
+    log.warning("hookInstance=%s no AI draft: %s", hook_instance_tag(hook_instance), failure.code)
+    return cards.notice_card(cfg, f"No AI draft: the analysis failed ({failure.code})",
+                             "The AI analysis could not be completed; the order is unaffected. "
+                             "The service has logged the failure for its operators.")
 
 
 def patient_match(study: StudyMatch, mrns: tuple[str, ...]) -> PatientMatch:
@@ -117,6 +136,15 @@ def evaluate(req: HookRequest, service: Service, state: Any) -> list[Outcome]:
             need_prior = True               # ordered study not acquired yet
             unread.add("not-acquired")
             continue
+        except ImagingUnavailable as e:
+            # the PACS is down: a draft already stored for this accession number is still worth showing
+            stored = analyzer.stored_for_study(accession_number=info.accession_number)
+            if stored is None:
+                outcomes.append(Outcome(kind="draft", error=e))
+            else:
+                outcomes.append(Outcome(kind="draft", obtained=Obtained(key="", analysis=stored), verified=False,
+                                        context_key=context.key(), note=PACS_UNREACHABLE_NOTE))
+            continue
         except ImagingError as e:
             outcomes.append(Outcome(kind="draft", error=e))
             continue
@@ -124,10 +152,11 @@ def evaluate(req: HookRequest, service: Service, state: Any) -> list[Outcome]:
         if match == "mismatch":
             # no identifiers here: neither the PatientID nor the MRNs nor the accession number
             log.warning("hookInstance=%s the study found for an order's accession number belongs to another "
-                        "patient in the PACS; no AI draft", req.hook_instance)
+                        "patient in the PACS; no AI draft", hook_instance_tag(req.hook_instance))
             outcomes.append(Outcome(kind="mismatch", accession_number=info.accession_number))
             continue
-        outcomes.append(Outcome(kind="draft", plan=plan, obtained=analyzer.obtain(plan, context),
+        outcomes.append(Outcome(kind="draft", plan=plan,
+                                obtained=analyzer.obtain(plan, context, accession_number=info.accession_number),
                                 verified=match == "verified", context_key=context.key()))
 
     if need_prior and not any(o.kind == "draft" and o.plan for o in outcomes):
@@ -157,15 +186,17 @@ def _card_settings(state: Any) -> cards.CardSettings:
     base = state.base_url()
     return cards.CardSettings(base_url=base, source_label=state.settings.source_label,
                               source_url=state.settings.source_url or f"{base}/cds-services",
-                              critical_findings=state.settings.critical_findings)
+                              critical_findings=state.settings.critical_findings,
+                              review_link=review.link_maker(base))
 
 
 def _notice(cfg: cards.CardSettings, error: BaseException, hook_instance: str) -> dict:
     code = getattr(error, "code", type(error).__name__)
     if isinstance(error, (ImagingError, CdsHooksError)):     # messages written to be identifier-free
-        log.warning("hookInstance=%s no AI draft: %s: %s", hook_instance, code, error)
+        log.warning("hookInstance=%s no AI draft: %s: %s", hook_instance_tag(hook_instance), code,
+                    scrub(one_line(str(error))))
     else:                                                    # any other message might quote a request value
-        log.warning("hookInstance=%s no AI draft: %s", hook_instance, code)
+        log.warning("hookInstance=%s no AI draft: %s", hook_instance_tag(hook_instance), code)
     if isinstance(error, ImagingError):
         return cards.notice_card(cfg, f"No AI draft: imaging problem ({code})",
                                  f"The chest radiograph could not be analysed: {cards.markdown_text(str(error))}")
@@ -214,17 +245,18 @@ def _answers(outcomes: list[Outcome], req: HookRequest, service: Service, state:
         analysis = outcome.obtained.analysis
         if analysis is None:
             try:
-                analysis = outcome.obtained.future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
+                analysis = state.analyzer.wait(outcome.obtained, deadline)
+            except AnalysisFailed as e:         # the analysis failed: why, on a card (never a 500)
+                out.append(Answer("notice", _failed_notice(cfg, e, req.hook_instance)))
+                continue
+            if analysis is None:
                 if state.settings.pending_card:
                     out.append(Answer("pending", cards.pending_card(cfg, study={
                         "study_instance_uid": outcome.plan.study.study_instance_uid,
-                        "study_date": outcome.plan.study.study_date})))
+                        "study_date": outcome.plan.study.study_date}, hook=req.hook,
+                        prior=outcome.kind != "draft")))
                 continue
-            except Exception as e:             # the pipeline failed: explain, never a 500
-                out.append(Answer("notice", _notice(cfg, e, req.hook_instance)))
-                continue
-        note = _context_note(analysis, outcome)
+        note = " ".join(n for n in (outcome.note, _context_note(analysis, outcome)) if n) or None
         if outcome.kind == "draft":
             card = cards.draft_card(analysis, cfg, patient_id=req.patient_id, encounter_id=req.encounter_id,
                                     verified=outcome.verified, context_note=note)
@@ -233,6 +265,8 @@ def _answers(outcomes: list[Outcome], req: HookRequest, service: Service, state:
                                     context_note=note)
         state.runtime.store.put_card(card["uuid"], service_id=service.id, analysis_id=analysis.analysis_id,
                                      kind=outcome.kind, findings=cards.present_findings(analysis))
+        review.remember_card(card, analysis_id=analysis.analysis_id, kind=outcome.kind, verified=outcome.verified,
+                             service_id=service.id, fhir_server=req.fhir_server, context=req.context)
         out.append(Answer(outcome.kind, card, analysis.analysis_id))
     return out
 
@@ -249,9 +283,8 @@ def services():
 
 def _log_unexpected(message: str, hook_instance: str, e: BaseException) -> None:
     """Log an unexpected failure with the hookInstance, its type and traceback, not its message."""
-    frames = "".join(traceback.format_tb(e.__traceback__))
     log.error("hookInstance=%s %s: %s (message withheld: it may quote request data)\n%s",
-              hook_instance, message, type(e).__name__, frames)
+              hook_instance_tag(hook_instance), message, type(e).__name__, frames(e))
 
 
 @bp.post("/cds-services/<service_id>")
@@ -261,7 +294,7 @@ def call_service(service_id: str):
     400/401/404/412 come from checking the request; after that, nothing answers 500.
     """
     state = current_app.extensions["cxr_cds"]
-    started = time.monotonic()
+    started = g.get("arrived", time.monotonic())     # the request's arrival (cds_hooks.app)
     service = get_service(service_id)
     state.authenticate()
     req = parse_request(service, _body())
@@ -282,12 +315,15 @@ def _answer_hook(req: HookRequest, service: Service, state: Any, started: float)
     outcome_label = "cards"
     future = state.analyzer.hook_pool.submit(evaluate, req, service, state)
     try:
-        answers = _answers(future.result(timeout=state.settings.deadline_s), req, service, state, deadline)
+        # the budget counts from the request's arrival: authentication and parsing are already spent
+        answers = _answers(future.result(timeout=max(0.0, deadline - time.monotonic())), req, service, state,
+                           deadline)
     except FutureTimeout:
         outcome_label = "deadline"
         log.info("hookInstance=%s deadline of %.1f s reached before the study was found",
-                 req.hook_instance, state.settings.deadline_s)
-        answers = [Answer("pending", cards.pending_card(_card_settings(state)))] if state.settings.pending_card else []
+                 hook_instance_tag(req.hook_instance), state.settings.deadline_s)
+        answers = ([Answer("pending", cards.pending_card(_card_settings(state), hook=req.hook))]
+                   if state.settings.pending_card else [])
     except CdsHooksError:
         state.metrics.hook_latency.labels(req.hook).observe(time.monotonic() - started)
         raise
@@ -316,7 +352,7 @@ def feedback(service_id: str):
     for item in items:
         card = state.runtime.store.card(item["card"])
         if card is None:
-            log.info("feedback for unknown card %s on %s", item["card"], service.id)
+            log.info("feedback for unknown card %s on %s", one_line(item["card"], 80), service.id)
         if state.runtime.store.put_feedback(service.id, item):
             stored += 1
             for finding in (card or {}).get("findings") or ["none"]:

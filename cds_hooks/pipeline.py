@@ -60,6 +60,11 @@ class Analysis:
     scores: dict | None = None      # per-finding P(yes), when computed
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
+    @property
+    def truncated(self) -> bool:
+        """The report stopped at the token cap: an unfinished text (said on the card and in the draft)."""
+        return self.model.get("finish_reason") == "length"
+
     def to_json(self) -> dict:
         return {
             "analysis_id": self.analysis_id,
@@ -124,12 +129,18 @@ def plan_study(
 
 
 def model_key(identity: dict) -> str:
-    """``name@revision/quantization/dtype``: what of the model makes two drafts comparable.
+    """``name@revision/quantization/dtype[/kernel/decode]``: what of the model makes two drafts comparable.
 
-    The one definition used by analysis keys and by the store's per-instance lookups.
+    The one definition used by analysis keys and by the store's per-instance lookups. The kernel
+    (``torchao-int4-g128-tinygemm``, ``bitsandbytes-nf4``...) and the decode path (``eager``,
+    ``static+cudagraphs``...) are part of it when the identity has them (the Engine's always does), so a
+    draft is never reused across them.
     """
-    return (f"{identity.get('name')}@{identity.get('revision')}/{identity.get('quantization')}"
-            f"/{identity.get('dtype')}")
+    key = (f"{identity.get('name')}@{identity.get('revision')}/{identity.get('quantization')}"
+           f"/{identity.get('dtype')}")
+    if identity.get("kernel") or identity.get("decode"):
+        key += f"/{identity.get('kernel')}/{identity.get('decode')}"
+    return key
 
 
 def analysis_key(plan: Plan, model_identity: dict, prompt_key: str, context: ClinicalContext) -> str:
@@ -144,6 +155,8 @@ def run_analysis(
     *,
     max_pixels: int = MAX_PIXELS,
     min_short_edge: int | None = None,
+    on_image: Callable[[RadiographImage], None] | None = None,
+    known_undecodable: Callable[[str], Any] | None = None,
     **options: Any,
 ) -> Analysis:
     """Fetch the planned instance (WADO-RS, one instance) and analyse it with `analyze_image`.
@@ -155,8 +168,10 @@ def run_analysis(
     """
     t0 = time.perf_counter()
     image = fetch_radiograph(source, plan.study, plan.selection, max_pixels=max_pixels,
-                             min_short_edge=min_short_edge)
+                             min_short_edge=min_short_edge, known_undecodable=known_undecodable)
     fetch_ms = (time.perf_counter() - t0) * 1000.0
+    if on_image is not None:            # e.g. keep a rendition of the image read for the review page
+        on_image(image)
     options.setdefault("view_count", len(plan.selection.considered) or None)
     analysis = analyze_image(image, **options)
     analysis.timings["fetch_decode_ms"] = round(fetch_ms, 1)
@@ -213,6 +228,8 @@ def analyze_image(
     timings["findings_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
 
     model = dict(result.model)
+    # why generation stopped travels with the draft: "length" = cut at the token cap (an unfinished report)
+    model["finish_reason"] = result.finish_reason
     scores = None
     if score is not None:
         questions = finding_questions(context)
@@ -239,6 +256,7 @@ def analyze_image(
             draft_id=draft_id,
             scores=scores,
             view_count=view_count,
+            finish_reason=result.finish_reason,
         )
     )
     timings["fhir_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)

@@ -29,7 +29,8 @@ class Runtime:
     generate : callable
         ``GenerationRequest -> GenerationResult`` (``InferenceWorker.run`` or a lambda over an engine).
     model_identity : dict
-        ``name``, ``revision``, ``dtype``, ``quantization`` of the loaded model (part of analysis keys).
+        ``name``, ``revision``, ``dtype``, ``quantization``, ``kernel``, ``decode`` of the loaded model
+        (part of analysis keys).
     store : Store
         SQLite storage.
     queue_depth : callable, optional
@@ -51,7 +52,7 @@ class Runtime:
     """
 
     source: Any
-    generate: Callable[[Any], Any]
+    generate: Callable[[Any], Any] | None      # None: an API process of a fleet (no model here)
     model_identity: dict
     store: Store
     queue_depth: Callable[[], int] | None = None
@@ -101,6 +102,32 @@ def build_source(settings: Settings) -> Any:
     return FolderSource(settings.dicom_folder, max_bytes=settings.max_bytes)
 
 
+def spec_identity(settings: Settings) -> dict:
+    """The model as a fleet's settings name it (every API process and worker reads the same settings).
+
+    A fleet's API processes load no model, so analysis keys there are made from this; the stored
+    analysis (its FHIR Device, the card's model line) records the worker's actual identity. Pin
+    ``CXR_CDS_MODEL_REVISION`` and ``CXR_CDS_QUANTIZATION`` in a fleet so that one key means one model.
+    """
+    return {"name": settings.model, "revision": settings.model_revision or "unpinned",
+            "quantization": settings.quantization or "auto", "dtype": "auto",
+            "decode": settings.decode if settings.backend == "hf" else f"vllm:{settings.vllm_url}"}
+
+
+def build_store(settings: Settings) -> Store:
+    """PostgreSQL when ``CXR_CDS_DATABASE_URL`` is set (a fleet), else the SQLite file ``CXR_CDS_DB``."""
+    return Store(settings.database_url or settings.db)
+
+
+def build_api_runtime(settings: Settings) -> Runtime:
+    """A fleet's API process: the PACS client and the store, no model (``cxr-cds worker`` runs the jobs)."""
+    if not settings.model:
+        raise SettingsError(f"{env_name('model')} is not set; the API names the model its workers run "
+                            "(analysis keys and stored drafts depend on it)")
+    return Runtime(source=build_source(settings), generate=None, model_identity=spec_identity(settings),
+                   store=build_store(settings))
+
+
 def build_runtime(settings: Settings) -> Runtime:
     """Open the image source, load the model, start its worker and open the store.
 
@@ -122,17 +149,28 @@ def build_runtime(settings: Settings) -> Runtime:
     model_runtime.ModelLoadError
         The weights could not be loaded.
     """
-    from model_runtime import InferenceWorker, ModelConfig, load
+    from model_runtime import HFBackend, InferenceWorker, ModelConfig, open_backend
 
     if not settings.model:
         raise SettingsError(f"{env_name('model')} is not set; give a checkpoint directory or a hub id "
                             "(for a demo: `cxr-cds model init-tiny DIR` and point it there)")
     source = build_source(settings)
-    engine = load(ModelConfig(model=settings.model, revision=settings.model_revision,
-                              device=settings.device, quantization=settings.quantization, decode=settings.decode))
-    worker = InferenceWorker(engine)
+    # hf: the in-process engine; vllm: our encoder + the decoder on CXR_CDS_VLLM_URL (model_runtime.backend)
+    engine = open_backend(settings.backend, ModelConfig(model=settings.model, revision=settings.model_revision,
+                                                        device=settings.device, quantization=settings.quantization,
+                                                        decode=settings.decode),
+                          vllm_url=settings.vllm_url, timeout_s=settings.vllm_timeout_s,
+                          max_payload_bytes=settings.vllm_max_payload_bytes)
+    # vLLM batches continuously: hand it larger micro-batches (sent as concurrent requests)
+    worker = InferenceWorker(engine, max_batch=8 if settings.backend == "hf" else 32)
+    if isinstance(engine, HFBackend):
+        # a compiled decode compiles each batch shape once: do it now, not on the first clinician's request
+        engine.engine.warm_up(range(1, worker.max_batch + 1))
     worker.start()
     log.info("model %s loaded; inference worker started", settings.model)
-    return Runtime(source=source, generate=worker.run, model_identity=identity_dict(engine.identity),
-                   store=Store(settings.db), queue_depth=lambda: worker.queue_depth, close=worker.stop,
+    # in a fleet, keys come from the settings (API processes hold no model); embedded, from the model itself
+    identity = spec_identity(settings) if settings.database_url else identity_dict(engine.identity)
+    return Runtime(source=source, generate=worker.run, model_identity=identity,
+                   store=build_store(settings), queue_depth=lambda: worker.queue_depth,
+                   close=lambda: (worker.stop(), engine.close()),
                    score=worker.score if settings.scores else None)

@@ -10,13 +10,28 @@ whose ``resource`` (when given) is an object; likewise ``selections``, when sent
 array of strings. Tolerated, as the spec's checklist item 17 asks: no ``Bundle.type``, an empty
 or absent ``entry``, absolute references, non-imaging resources (a Bundle without a chest X-ray
 ServiceRequest gets ``{"cards": []}``).
+
+Before any of that, the body itself (:func:`decode_json`): UTF-8 only, nested at most
+:data:`MAX_JSON_DEPTH` levels (counted on the raw bytes, before parsing), no lone surrogate in any
+string (``"\ud800"`` parses in Python but cannot be stored, logged or sent on), no ``NaN``/``Infinity``.
+After the hand-written checks, the whole request is checked against the hook's JSON Schema
+(``cds_hooks/schemas/<hook>.json``: every field CDS Hooks 2.0 defines, and the types of the FHIR
+elements this service reads), so a wrongly typed field is a 400 naming it, never a failure later.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
-from cds_hooks.errors import BadRequest, UnknownService
+from cds_hooks.errors import BadRequest, InvalidField, UnknownService
+
+#: Deepest JSON nesting accepted (a CDS Hooks request with a FHIR Bundle needs about 10).
+MAX_JSON_DEPTH = 64
+SCHEMAS = Path(__file__).with_name("schemas")
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,7 @@ class Service:
 # 2.0-valid templates: only root-level context tokens; relative reads/type-level searches;
 # token equality, reference params and _count only.
 _PATIENT = "Patient/{{context.patientId}}"
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")    # FHIR R4 id
 _CONDITIONS = "Condition?patient={{context.patientId}}&clinical-status=active&_count=50"
 _ENCOUNTER = "Encounter/{{context.encounterId}}"
 _USAGE = ("Reads the chest radiograph from the site's PACS over DICOMweb (QIDO-RS/WADO-RS); needs "
@@ -159,7 +175,8 @@ def parse_request(service: Service, body: Any) -> HookRequest:
     BadRequest
         Not a JSON object; ``hook``/``hookInstance``/``context`` missing; ``hook`` not served by this
         id; ``fhirAuthorization`` without ``fhirServer``; a required context field missing;
-        a malformed ``draftOrders`` or ``selections``.
+        a malformed ``draftOrders`` or ``selections``; any field of a type CDS Hooks 2.0 (or FHIR R4, for
+        the elements read) does not allow (``InvalidField``, naming it).
     """
     if not isinstance(body, dict):
         raise BadRequest("request body is not a JSON object; send a CDS Hooks request "
@@ -189,16 +206,172 @@ def parse_request(service: Service, body: Any) -> HookRequest:
     absent = [k for k in _REQUIRED_CONTEXT.get(hook, ()) if k not in context or context[k] in (None, "")]
     if absent:
         raise BadRequest(f"{hook} context is missing {', '.join(absent)}")
-    if not isinstance(context.get("patientId"), str):
-        raise BadRequest("context.patientId must be a string (a bare Patient.id)")
+    if not isinstance(context.get("patientId"), str) or not _FHIR_ID.fullmatch(context["patientId"]):
+        raise BadRequest("context.patientId must be a bare Patient.id (letters, digits, '-' and '.', "
+                         "at most 64 characters)")
+    encounter_id = context.get("encounterId")
+    if encounter_id is not None and not (isinstance(encounter_id, str) and _FHIR_ID.fullmatch(encounter_id)):
+        raise BadRequest("context.encounterId must be a bare Encounter.id (letters, digits, '-' and '.', "
+                         "at most 64 characters)")
     if hook in ("order-select", "order-sign"):
         _check_draft_orders(context)
     prefetch = body.get("prefetch")
     if prefetch is not None and not isinstance(prefetch, dict):
         raise BadRequest("prefetch must be an object of key -> FHIR resource")
+    check_schema(hook, body)
     return HookRequest(hook=hook, hook_instance=hook_instance, context=context,
                        fhir_server=fhir_server.rstrip("/") if fhir_server else None,
                        fhir_authorization=fhir_authorization, prefetch=prefetch)
+
+
+# a JSON string in the raw bytes, escapes included (unrolled loop: linear, no backtracking)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def json_depth_exceeds(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text ``data`` nests arrays/objects deeper than ``limit`` (brackets in strings ignored).
+
+    A scan of the raw bytes, made before parsing so that a deeply nested body never reaches a
+    recursive parser. Unbalanced brackets count as they come (the parser refuses that text anyway).
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:        # the common case: cannot be that deep
+        return False
+    import numpy as np
+
+    step = np.zeros(256, dtype=np.int8)                     # byte -> +1 open, -1 close, 0 otherwise
+    step[[ord("["), ord("{")]], step[[ord("]"), ord("}")]] = 1, -1
+    codes = np.frombuffer(_JSON_STRING.sub(b"", data), dtype=np.uint8)   # (n,) bytes outside strings
+    return bool(codes.size) and int(np.cumsum(step[codes], dtype=np.int32).max()) > limit
+
+
+def field_path(path: tuple) -> str:
+    """``("context", "draftOrders", "entry", 0)`` -> ``context.draftOrders.entry[0]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            shown = part if re.fullmatch(r"[A-Za-z_<][A-Za-z0-9_\- >]{0,63}", part) else json.dumps(part)[:40]
+            out += f".{shown}" if out else shown
+    return out or "(the body)"
+
+
+def lone_surrogate(value: Any) -> tuple | None:
+    """The path of the first string (key or value) holding a lone surrogate, else None."""
+    stack: list[tuple[Any, tuple]] = [(value, ())]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return where + ("<a key>",)
+                stack.append((child, where + (key,)))
+        elif isinstance(item, list):
+            stack.extend((child, where + (i,)) for i, child in enumerate(item))
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_json(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a request body strictly.
+
+    Parameters
+    ----------
+    data : bytes or str
+        The raw body.
+    max_depth : int
+        Deepest nesting of arrays and objects accepted, checked before parsing.
+
+    Returns
+    -------
+    Any
+        The decoded JSON value.
+
+    Raises
+    ------
+    InvalidField
+        Not UTF-8 (``code`` ``invalid-text``), nested deeper than ``max_depth`` (``too-deep``), not
+        JSON (``malformed-json``), or a string holding a lone surrogate (``invalid-text``, naming the field).
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidField(f"request body is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                           "send JSON encoded as UTF-8", field="(the body)", code="invalid-text") from None
+    if json_depth_exceeds(raw, max_depth):
+        raise InvalidField(f"request body nests arrays/objects deeper than {max_depth} levels; a CDS Hooks "
+                           "request needs far fewer", field="(the body)", code="too-deep")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        detail = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise InvalidField(f"request body is not a JSON object: not valid JSON ({detail[:120]})",
+                           field="(the body)", code="malformed-json") from None
+    if _SURROGATE_ESCAPE.search(raw):           # only \uD800-\uDFFF escapes can make a lone surrogate
+        where = lone_surrogate(value)
+        if where is not None:
+            field = field_path(where)
+            raise InvalidField(f"{field} holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its "
+                               "pair), which is not text; send valid Unicode", field=field, code="invalid-text")
+    return value
+
+
+@lru_cache(maxsize=None)
+def _validator(hook: str):
+    """The Draft 2020-12 validator of ``schemas/<hook>.json`` (its ``common.json`` references resolved)."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    loaded = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json")}
+    registry = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in loaded.values())
+    return Draft202012Validator(loaded[f"{hook}.json"], registry=registry)
+
+
+_JSON_TYPE_NAMES = {"string": "a string", "number": "a number", "integer": "an integer", "boolean": "a boolean",
+                    "array": "an array", "object": "an object", "null": "null"}
+
+
+def check_schema(hook: str, body: Any) -> None:
+    """Check ``body`` against the JSON Schema of ``hook``; raise ``InvalidField`` naming the first bad field.
+
+    Raises
+    ------
+    InvalidField
+        ``code`` ``schema``; ``field`` is the path of the value, e.g. ``context.draftOrders.entry[0].resource.code``.
+    """
+    errors = sorted(_validator(hook).iter_errors(body),
+                    key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]))
+    if not errors:
+        return
+    error = errors[0]
+    field = field_path(tuple(error.absolute_path))
+    if error.validator == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        message = (f"{field} must be {' or '.join(_JSON_TYPE_NAMES.get(w, w) for w in wanted)}, "
+                   f"got {_json_type(error.instance)}")
+    elif error.validator == "required":
+        missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
+        message = f"{field} is missing {', '.join(missing)}"
+    elif error.validator == "maxLength":
+        message = f"{field} is longer than {error.validator_value} characters"
+    elif error.validator == "minLength":
+        message = f"{field} must not be empty"
+    else:
+        message = f"{field} does not fit the {hook} request (JSON Schema keyword {error.validator})"
+    raise InvalidField(f"{message}; see cds_hooks/schemas/{hook}.json (CDS Hooks 2.0)", field=field, code="schema")
 
 
 def _json_type(value: Any) -> str:

@@ -9,7 +9,7 @@ from evaluation.harness import REPORT, RESULTS, evaluate
 from evaluation.manifest import (CHEXPERT_COLUMNS, LAYOUTS, Case, Manifest, Skipped, load_image, read_manifest,
                                  select_cases)
 from evaluation.plan import EVALUATION_PROMPTS, PRESETS, Plan, generation_seed, make_plan
-from evaluation.reader import EngineReader, Reader, Reading, ReadRequest, Sampling, open_reader
+from evaluation.reader import BackendReader, EngineReader, Reader, Reading, ReadRequest, Sampling, open_reader
 from evaluation.report import render_html
 from evaluation.results import PUBLISHED, summarize
 from evaluation.runner import PER_IMAGE, run
@@ -19,6 +19,6 @@ __all__ = [
     "evaluate", "RESULTS", "REPORT", "PER_IMAGE",
     "Case", "Manifest", "Skipped", "LAYOUTS", "CHEXPERT_COLUMNS", "read_manifest", "select_cases", "load_image",
     "Plan", "PRESETS", "EVALUATION_PROMPTS", "make_plan", "generation_seed",
-    "Reader", "ReadRequest", "Reading", "Sampling", "EngineReader", "open_reader",
+    "Reader", "ReadRequest", "Reading", "Sampling", "BackendReader", "EngineReader", "open_reader",
     "summarize", "PUBLISHED", "render_html", "run",
 ]

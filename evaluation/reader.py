@@ -1,7 +1,8 @@
-"""The harness's view of a model: a small protocol, and the adapter onto model_runtime's Engine.
+"""The harness's view of a model: a small protocol, and the adapter onto model_runtime's backends.
 
 Tests pass a scripted stand-in with the same two methods; the real adapter batches several images
-into one ``Engine.generate`` call. Nothing here imports torch until a real model is opened.
+into one ``ModelBackend.generate`` call (``hf``: the in-process engine; ``vllm``: a vLLM server).
+Nothing here imports torch until a real model is opened.
 """
 from __future__ import annotations
 
@@ -38,10 +39,14 @@ class ReadRequest:
 
 @dataclass(frozen=True)
 class Reading:
-    """What came back: the text, and optionally the generated token count."""
+    """What came back: the text, optionally the generated token count, and why generation stopped.
+
+    ``finish_reason`` is ``"length"`` when the text stopped at the token cap (an unfinished report).
+    """
 
     text: str
     new_tokens: int | None = None
+    finish_reason: str | None = None
 
 
 class Reader(Protocol):
@@ -56,8 +61,9 @@ class Reader(Protocol):
         """P(Yes) per finding for the yes/no question prompts of one image."""
 
 
-class EngineReader:
-    """``model_runtime.Engine`` as a Reader: ``batch_size`` requests per ``Engine.generate`` call."""
+class BackendReader:
+    """A ``model_runtime.ModelBackend`` (or an ``Engine``) as a Reader: ``batch_size`` requests per
+    ``generate`` call."""
 
     def __init__(self, engine, batch_size: int = 8):
         self.engine = engine
@@ -65,6 +71,16 @@ class EngineReader:
         ident = engine.identity
         self.identity = {"name": ident.name, "revision": ident.revision, "dtype": ident.dtype,
                          "quantization": ident.quantization}
+        # which backend generated (kernel "vllm-0.32.0", decode "vllm:<served model>" for the vllm backend)
+        for extra in ("kernel", "decode"):
+            if getattr(ident, extra, None) is not None:
+                self.identity[extra] = getattr(ident, extra)
+
+    def close(self) -> None:
+        """Release the backend (HTTP connections of the vllm backend)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     def generate(self, requests: Sequence[ReadRequest]) -> list[Reading]:
         from model_runtime import GenerationRequest, GenerationSettings
@@ -78,7 +94,8 @@ class EngineReader:
                                                                    max_new_tokens=r.sampling.max_new_tokens))
                      for r in chunk]
             results = self.engine.generate(batch)
-            out.extend(Reading(text=res.text, new_tokens=res.new_tokens) for res in results)
+            out.extend(Reading(text=res.text, new_tokens=res.new_tokens, finish_reason=res.finish_reason)
+                       for res in results)
         return out
 
     def score(self, image: np.ndarray, prompts: Mapping[str, Any]) -> dict[str, float]:
@@ -87,20 +104,31 @@ class EngineReader:
         return {n: float(p) for n, p in zip(names, probs)}
 
 
+EngineReader = BackendReader  # the name before the backend interface
+
+
 def open_reader(model: str, *, revision: str | None = None, device: str = "auto", dtype: str | None = None,
-                quantization: str | None = None, batch_size: int = 8) -> EngineReader:
-    """Load a checkpoint (local directory or hub id) and wrap it as a Reader.
+                quantization: str | None = None, batch_size: int = 8, backend: str = "hf",
+                vllm_url: str | None = None) -> BackendReader:
+    """Open a model backend on a checkpoint (local directory or hub id) and wrap it as a Reader.
+
+    Parameters
+    ----------
+    backend : {"hf", "vllm"}
+        ``vllm`` needs ``vllm_url``: the server serving this checkpoint's exported decoder.
 
     Raises
     ------
     model_runtime.ModelLoadError
         The checkpoint cannot be found or loaded (the message says what to provide).
+    model_runtime.ModelRuntimeError
+        ``vllm``: the server cannot be reached or serves another model (typed, with the fix).
     """
-    from model_runtime import ModelConfig, load
+    from model_runtime import ModelConfig, open_backend
 
     started = time.perf_counter()
-    engine = load(ModelConfig(model=model, revision=revision, device=device, dtype=dtype,
-                              quantization=quantization))
-    reader = EngineReader(engine, batch_size=batch_size)
+    engine = open_backend(backend, ModelConfig(model=model, revision=revision, device=device, dtype=dtype,
+                                               quantization=quantization), vllm_url=vllm_url)
+    reader = BackendReader(engine, batch_size=batch_size)
     reader.load_seconds = time.perf_counter() - started
     return reader

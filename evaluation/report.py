@@ -77,7 +77,10 @@ def _run_name(run: Mapping) -> str:
 
 
 def _run_section(run: Mapping) -> str:
-    out = [f"<h2>{escape(_run_name(run))}</h2><p>{run['cases']} cases, {run['generations']} model calls.</p>"]
+    cut = run.get("truncated_at_cap") or 0
+    cut_note = (f" <strong>{cut} report(s) stopped at the token cap</strong> (unfinished text: findings after the "
+                "cut are missing)." if cut else "")
+    out = [f"<h2>{escape(_run_name(run))}</h2><p>{run['cases']} cases, {run['generations']} model calls.{cut_note}</p>"]
     for policy, title in (("exclude", "uncertain excluded (paper's protocol)"),
                           ("positive", "uncertain as positive"), ("negative", "uncertain as negative")):
         m = run["metrics"][policy]

@@ -118,7 +118,10 @@ def _run(prompt: str, t: str, p: str, rows: Sequence[Mapping[str, str]], truth: 
 
     out = {"prompt": prompt, "context": context_variant(prompt),
            "temperature": float(t) if t else None, "top_p": float(p) if p else None,
-           "repeats": repeats, "cases": int(evaluated.sum()), "generations": len(rows), "metrics": {}}
+           "repeats": repeats, "cases": int(evaluated.sum()), "generations": len(rows),
+           # reports that stopped at the token cap: their labels come from an unfinished text
+           "truncated_at_cap": sum(1 for r in rows if r.get("finish_reason") == "length"),
+           "metrics": {}}
     for policy in M.POLICIES:
         out["metrics"][policy] = M.confusion_metrics(
             M.apply_policy(tr, policy), M.apply_policy(pr, policy), columns,

@@ -31,8 +31,9 @@ from prompts.findings import FINDING_NAMES, PRIMARY_FINDINGS
 PER_IMAGE = "per_image.csv"
 # "context": "with"/"without" the case's clinical context in the prompt (the prompt variant)
 KEY_FIELDS = ("case_id", "prompt", "context", "temperature", "top_p", "repeat", "base_seed", "max_new_tokens",
-              "model", "model_revision", "dtype", "quantization")
-COLUMNS = (KEY_FIELDS + ("row", "seed", "new_tokens", "created", "text")
+              "model", "model_revision", "dtype", "quantization", "kernel", "decode")
+# "finish_reason": "length" marks a report cut at the token cap (its labels read an unfinished text)
+COLUMNS = (KEY_FIELDS + ("row", "seed", "new_tokens", "finish_reason", "created", "text")
            + tuple(f"pred_{n}" for n in FINDING_NAMES) + tuple(f"score_{n}" for n in PRIMARY_FINDINGS)
            + ("complete",))   # last: a row cut short by an interruption lacks it
 
@@ -211,7 +212,9 @@ def run(cases: Sequence[Case], reader: Reader, plan: Plan, out_dir: str | Path, 
                "repeat": fmt(r), "base_seed": fmt(plan.seed) if sampled else "",
                "max_new_tokens": fmt(plan.max_new_tokens) if sampled else "",
                "model": ident["name"], "model_revision": ident["revision"], "dtype": ident["dtype"],
-               "quantization": ident["quantization"]}
+               "quantization": ident["quantization"],
+               # the kernel and decode path (hf eager/static, torchao, vLLM) are part of the model's identity
+               "kernel": str(ident.get("kernel") or ""), "decode": str(ident.get("decode") or "")}
         return row_key(row), row
 
     todo: list[tuple[Case, list]] = []
@@ -302,7 +305,7 @@ def _generate_chunk(loaded, reader: Reader, plan: Plan, key_of, label_text, bar:
         for req, (case, _), reading in zip(requests, items, readings):
             key, row = key_of(case, s)
             row.update(row=str(case.row), seed=str(req.sampling.seed), created=created, text=reading.text,
-                       new_tokens=fmt(reading.new_tokens))
+                       new_tokens=fmt(reading.new_tokens), finish_reason=reading.finish_reason or "")
             row.update({f"score_{n}": "" for n in PRIMARY_FINDINGS})
             set_predictions(row, label_text)
             rows.append(row)

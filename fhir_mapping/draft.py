@@ -52,6 +52,18 @@ from fhir_mapping.r4 import fhir_string
 from fhir_mapping.read import OrderInfo
 
 DISCLAIMER = "AI-generated draft for clinician review — not a final report."
+# an unfinished text says nothing of what came after the cut: no "no finding" conclusion from it
+TRUNCATED_NOTE = ("Incomplete: the AI report stopped at the generation length limit before it finished; "
+                  "findings after the cut are missing, and no normal conclusion is drawn.")
+EVIDENCE_MAX_CHARS = 200
+
+
+def _capped(text: str, limit: int = EVIDENCE_MAX_CHARS) -> str:
+    """At most ``limit`` characters, cut at a word boundary with an ellipsis (never a whole report)."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1].rsplit(" ", 1)[0] or text[:limit - 1]
+    return cut.rstrip(" ,;:") + "…"
 REPORT_TITLE = "AI draft chest radiograph report (not reviewed)"
 DEVICE_ID = "ai-device"
 # Fixed namespace for the uuid5 fullUrls: the same draft_id always gives the same Bundle.
@@ -90,6 +102,7 @@ class DraftInputs:
     draft_id: str
     scores: Mapping[str, float] | None = None
     view_count: int | None = None
+    finish_reason: str = "eos"      # "length": the report stopped at the token cap (an unfinished text)
 
     def __post_init__(self):
         if not isinstance(self.report_text, str):
@@ -116,6 +129,8 @@ class DraftInputs:
                 raise _bad(f"scores has unknown finding {name!r}; known: {', '.join(FINDING_NAMES)}")
             if not isinstance(score, (int, float)) or not 0.0 <= float(score) <= 1.0:
                 raise _bad(f"score for {name} is {score!r}; expected a probability in [0, 1]")
+        if self.finish_reason not in ("eos", "length"):
+            raise _bad(f"finish_reason {self.finish_reason!r} must be 'eos' or 'length'")
         if self.view_count is not None and (not isinstance(self.view_count, int) or self.view_count < 1):
             raise _bad(f"view_count {self.view_count!r} must be a positive integer or None")
 
@@ -232,6 +247,8 @@ def _observation(finding: Finding, inputs: DraftInputs) -> dict:
     }
     if inputs.patient_reference:
         obs["subject"] = {"reference": inputs.patient_reference}
+    if inputs.encounter_reference:
+        obs["encounter"] = {"reference": inputs.encounter_reference}
     if inputs.study_date is not None:
         obs["effectiveDateTime"] = _date_time(inputs.study_date)
     obs["issued"] = _instant(inputs.issued)
@@ -240,7 +257,7 @@ def _observation(finding: Finding, inputs: DraftInputs) -> dict:
     else:
         obs["valueCodeableConcept"] = _concept(codes.PRESENCE[finding.presence], finding.presence)
     if finding.evidence:
-        obs["note"] = [{"text": f"Evidence in the AI report: \"{finding.evidence}\""}]
+        obs["note"] = [{"text": f"Evidence in the AI report: \"{_capped(finding.evidence)}\""}]
     if finding.laterality:
         site = code.site or "side"
         body_site: dict[str, Any] = {"text": f"{finding.laterality} {site}"}
@@ -284,8 +301,10 @@ def _conclusion(inputs: DraftInputs, mentioned: list[Finding]) -> str:
         if items:
             lines.append(f"{label}: {'; '.join(items)}.")
     no_acute = _no_acute(inputs.findings)
-    if no_acute is not None and no_acute.presence == "present":
+    if no_acute is not None and no_acute.presence == "present" and inputs.finish_reason != "length":
         lines.append("No acute cardiopulmonary abnormality.")
+    if inputs.finish_reason == "length":
+        lines.append(TRUNCATED_NOTE)
     if len(lines) == 1:
         lines.append("No coded findings could be read from the generated report; see the attached text.")
     view = f" ({inputs.view_position} view)" if inputs.view_position else ""
@@ -297,6 +316,30 @@ def _narrative(conclusion: str) -> dict:
     """Generated XHTML narrative: the conclusion's lines, escaped (no model text beyond them)."""
     paragraphs = "".join(f"<p>{html.escape(line, quote=False)}</p>" for line in conclusion.splitlines())
     return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{paragraphs}</div>'}
+
+
+def for_patient(report: Mapping[str, Any], *, patient_reference: str,
+                encounter_reference: str | None = None) -> dict:
+    """A copy of a stored DiagnosticReport draft with ``subject`` (and ``encounter``) set on it and on
+    each contained Observation. The input is not modified.
+
+    Raises
+    ------
+    FhirMappingError
+        A reference that is not ``Patient/<id>`` or ``Encounter/<id>``.
+    """
+    for value, kind in ((patient_reference, "Patient"), (encounter_reference, "Encounter")):
+        if value is not None and not (isinstance(value, str) and _REFERENCE[kind].fullmatch(value)):
+            raise _bad(f"{kind.lower()}_reference {value!r} is not of the form '{kind}/<id>'")
+    refs = {"subject": {"reference": patient_reference}}
+    if encounter_reference:
+        refs["encounter"] = {"reference": encounter_reference}
+    out = {**report, **refs}
+    out["contained"] = [{**r, **refs} if r.get("resourceType") == "Observation" else r
+                        for r in report.get("contained") or ()]
+    if not out["contained"]:
+        del out["contained"]
+    return out
 
 
 def _no_acute(findings: Findings) -> Finding | None:
@@ -312,7 +355,8 @@ def _presented_text(inputs: DraftInputs) -> str:
     return (f"{DISCLAIMER}\n"
             f"Model: {_model_label(inputs.model)}\n"
             f"Study {inputs.study_instance_uid}{when}{view}\n\n"
-            f"{inputs.report_text.strip()}\n")
+            f"{inputs.report_text.strip()}\n"
+            + (f"\n[{TRUNCATED_NOTE}]\n" if inputs.finish_reason == "length" else ""))
 
 
 def _diagnostic_report(inputs: DraftInputs, report_url: str) -> dict:
@@ -360,7 +404,7 @@ def _diagnostic_report(inputs: DraftInputs, report_url: str) -> dict:
     conclusion_codes = [_concept(codes.FINDING_CODES[f.name].coding, _finding_phrase(f, codes.FINDING_CODES[f.name]))
                         for f in mentioned if f.presence == "present"]
     no_acute = _no_acute(inputs.findings)
-    if no_acute is not None and no_acute.presence == "present":
+    if no_acute is not None and no_acute.presence == "present" and inputs.finish_reason != "length":
         conclusion_codes.append(_concept(codes.NO_ACUTE_FINDING.coding, codes.NO_ACUTE_FINDING.text))
     if conclusion_codes:
         report["conclusionCode"] = conclusion_codes

@@ -1,53 +1,66 @@
 """The Engine: prompt + image -> tokens, on a ready VipLlavaForConditionalGeneration.
 
 The whole inference path, top to bottom: validate -> preprocess + tokenise -> image features ->
-splice them where ``<image>`` was -> left-padded batch -> prefill -> decode loop (temperature ->
-top-k -> top-p on the device for the whole batch, greedy at temperature <= 0.001) -> stop on EOS or
-the length cap -> text. `__init__` only stores ready parts; `loader.load` builds them.
+splice them where ``<image>`` was -> left-padded batch -> prefill -> decode loop (token selection on
+the device for the whole batch: `model_runtime.sampling`) -> stop on EOS or the length cap -> text.
+`__init__` only stores ready parts; `loader.load` builds them.
 
-Two decode backends, the same loop and the same results:
-- ``eager``: a DynamicCache that grows by one position per step; every step is a fresh eager forward.
-- ``static``: a StaticCache sized to the batch (prompt + new-token cap, rounded up to
-  STATIC_CACHE_MULTIPLE positions), the prefill eager, and each one-token decode step through
-  ``torch.compile`` of the model's call (mode "reduce-overhead": CUDA graphs) when compiling.
-  The 2-D attention mask spans the whole cache and never changes during decoding (the causal mask
-  comes from the cache's own length), so every step has the same shapes: one compilation per
-  (batch size, cache length), as transformers' own ``generate(cache_implementation="static")``.
+Two decode backends (`model_runtime.decode`), the same loop and the same tokens: ``eager`` (a growing
+DynamicCache) and ``static`` (a StaticCache; with ``compile``, each one-token step runs through
+``torch.compile`` in mode "reduce-overhead", which records CUDA graphs on CUDA). `Engine.warm_up`
+compiles the shapes a service uses before its first request.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from model_runtime.chat import ChatTokenizer, check_prompt
 from model_runtime.checkpoint import NativeNames
+from model_runtime.decode import (
+    BATCH_BUCKETS, COMPILE_MODE, CONTEXT_LENGTH, MAX_COMPILED_SHAPES, STATIC_CACHE_MULTIPLE, EagerDecoder,
+    StaticDecoder, allow_recompiles, padded_batch_size, static_cache_length,
+)
 from model_runtime.errors import InvalidRequest, OutOfMemory
 from model_runtime.preprocess import check_image, preprocess
+from model_runtime.sampling import generator, sample, sample_batch, select_tokens, warp
 from model_runtime.types import (
     DECODES, IMAGE_SENTINEL, GenerationRequest, GenerationResult, GenerationSettings, ModelIdentity, PromptLike,
 )
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Engine", "PreparedBatch", "MAX_NEW_TOKENS", "CONTEXT_LENGTH", "STATIC_CACHE_MULTIPLE", "COMPILE_MODE",
+    "MAX_COMPILED_SHAPES", "BATCH_BUCKETS", "WARM_UP_PROMPT", "sample", "sample_batch", "warp",
+]
+
 # The original's cap: max_new_tokens = min(512, CONTEXT_LENGTH - prompt_length - 1), with its constant
 # 2048-token context (not the checkpoint's max_position_embeddings).
 MAX_NEW_TOKENS = 512
-CONTEXT_LENGTH = 2048
-# Static cache lengths are rounded up to this many positions: prompts of similar length share one
-# compiled graph (each distinct batch size x cache length compiles once).
-STATIC_CACHE_MULTIPLE = 128
-# transformers' CompileConfig default for generate's static-cache decoding: CUDA graphs, graph breaks allowed.
-COMPILE_MODE = "reduce-overhead"
-# Distinct (batch size, cache length) shapes kept compiled; dynamo's default limit (8) would send a
-# service's 9th shape (micro-batches of 1..8 x two cache lengths) back to eager without a word.
-MAX_COMPILED_SHAPES = 64
+# Settings of the rows that pad a compiled decode's batch up to its bucket (their outputs are dropped).
+_PAD_SETTINGS = GenerationSettings(temperature=0.0)
+
+
+@dataclass(frozen=True)
+class _WarmUpPrompt:
+    """The prompt `Engine.warm_up` generates with (its text does not matter, only the shapes)."""
+
+    id: str = "warm-up"
+    version: str = "0"
+    system: str = ""
+    user: str = "<image>\n"
+
+
+WARM_UP_PROMPT = _WarmUpPrompt()
 
 
 @dataclass
@@ -80,7 +93,10 @@ class Engine:
     decode : {"eager", "static"}
         Decode backend (module docstring); both give the same tokens.
     compile : bool
-        With ``decode="static"``: run each decode step through ``torch.compile`` (COMPILE_MODE).
+        With ``decode="static"``: run each decode step through ``torch.compile`` (COMPILE_MODE: CUDA
+        graphs on CUDA). Batches then run padded up to a size in BATCH_BUCKETS.
+
+    The identity's ``decode`` is set here from the decode path (``decode_path`` at construction).
     """
 
     def __init__(self, model, tokenizer: ChatTokenizer, *, identity: ModelIdentity, image_size: int,
@@ -92,7 +108,6 @@ class Engine:
             raise InvalidRequest("compile needs decode 'static' (the eager cache grows every step: no fixed shapes)")
         self.model = model
         self.tokenizer = tokenizer
-        self._identity = identity
         self.image_size = image_size
         self.image_mean = image_mean
         self.image_std = image_std
@@ -109,8 +124,10 @@ class Engine:
         # Compiled lazily, on the first decode step of each distinct (B, C): static shapes, one CUDA graph each.
         self._compiled = None
         if compile:
-            _allow_recompiles(MAX_COMPILED_SHAPES)
+            allow_recompiles(MAX_COMPILED_SHAPES)
             self._compiled = torch.compile(model.__call__, mode=COMPILE_MODE, fullgraph=False, dynamic=False)
+        # what stored outputs are keyed by: the configured path (a compile failure's eager fallback is logged)
+        self._identity = dataclasses.replace(identity, decode=self.decode_path)
         self._static: tuple[tuple[int, int], object] | None = None  # ((B, C), StaticCache) of the last batch
         self._lock = threading.Lock()  # one forward pass at a time on the device
 
@@ -124,8 +141,11 @@ class Engine:
 
     @property
     def decode_path(self) -> str:
-        """``"eager"``, ``"static"`` or ``"static+compile"``: what the next generation runs."""
-        return "static+compile" if self._compiled is not None else self.decode
+        """What the next generation runs: ``"eager"``, ``"static"``, ``"static+compile"`` (compiled, no CUDA
+        graphs: CPU) or ``"static+cudagraphs"`` (compiled in mode "reduce-overhead" on CUDA)."""
+        if self._compiled is None:
+            return self.decode
+        return "static+cudagraphs" if self.device.type == "cuda" else "static+compile"
 
     # -- inputs -----------------------------------------------------------------------------------
     def validate(self, request: GenerationRequest) -> None:
@@ -178,7 +198,8 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return PreparedBatch(embeds, mask, positions, ids, lengths, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
-    def _new_cache(self):
+    def new_dynamic_cache(self):
+        """An empty DynamicCache for the text model (the eager decode's)."""
         from transformers import DynamicCache
 
         try:
@@ -186,7 +207,8 @@ class Engine:
         except TypeError:
             return DynamicCache()
 
-    def _forward(self, **kwargs):
+    def forward(self, **kwargs):
+        """One eager forward of the whole model; ``cache=`` is passed under this transformers' name."""
         cache = kwargs.pop("cache", None)
         if cache is not None:
             kwargs[self._cache_kw] = cache
@@ -248,23 +270,74 @@ class Engine:
                     "use a smaller batch, 4bit quantization or a larger device"
                 ) from exc
 
-    def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def warm_up(self, batch_sizes: Iterable[int], cache_length: int = CONTEXT_LENGTH) -> dict[int, float]:
+        """Compile (and on CUDA record the CUDA graphs of) the decode step for these batch sizes now.
+
+        A compiled static decode compiles each (padded batch size, cache length) on first use (tens of
+        seconds for the full model); a service calls this at start-up with the batch sizes its worker
+        forms (1..max_batch), so the first clinician does not wait. Each distinct padded size
+        (BATCH_BUCKETS) runs one short greedy generation on a blank image with a static cache of
+        `cache_length` positions, the length every report request (up to 512 new tokens) uses.
+        Without a compiled decode there is nothing to warm: returns ``{}``.
+
+        Parameters
+        ----------
+        batch_sizes : iterable of int
+            Batch sizes the service will run (e.g. ``range(1, worker.max_batch + 1)``).
+        cache_length : int
+            Static cache positions to warm (CONTEXT_LENGTH: where report requests land).
+
+        Returns
+        -------
+        dict
+            Padded batch size -> seconds its warm-up took.
+        """
+        sizes = sorted({padded_batch_size(int(b)) for b in batch_sizes if int(b) >= 1})
+        if self._compiled is None or not sizes:
+            return {}
+        image = np.zeros((self.image_size, self.image_size), dtype=np.uint8)
+        # 4 new tokens = 3 decode steps: CUDA graph trees warm up on the first, record on the second, replay after
+        settings = GenerationSettings(temperature=0.0, max_new_tokens=4, ignore_eos=True)
+        took: dict[int, float] = {}
+        for size in sizes:
+            t0 = time.perf_counter()
+            with self._lock:
+                self._generate([GenerationRequest(image, WARM_UP_PROMPT, settings)] * size, cache_length=cache_length)
+            took[size] = time.perf_counter() - t0
+            log.info("decode warm-up: batch %d x %d cache positions in %.1f s (%s)", size, cache_length,
+                     took[size], self.decode_path)
+        return took
+
+    def _generate(self, requests: list[GenerationRequest], cache_length: int | None = None) -> list[GenerationResult]:
+        n_real = len(requests)
+        if self._compiled is not None:
+            # a compiled decode runs at a few batch sizes (one CUDA graph each): pad with copies of the
+            # last request (same image object: no extra vision pass), finished from the start
+            pad = requests[-1]
+            requests = requests + [GenerationRequest(pad.image, pad.prompt, _PAD_SETTINGS)] * (
+                padded_batch_size(n_real) - n_real)
         settings = [r.settings for r in requests]
         batch = self.prepare([r.image for r in requests], [r.prompt for r in requests])
         caps = [self.max_new_tokens(n, s) for n, s in zip(batch.prompt_lengths, settings)]
-        gens = [None if s.greedy else _generator(s.seed, self.device) for s in settings]
+        gens = [None if s.greedy else generator(s.seed, self.device) for s in settings]
         b = len(requests)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            decoder = (_StaticDecoder(self, batch, max(caps)) if self.decode == "static"
-                       else _EagerDecoder(self, batch))
+            if self.decode == "static":
+                length = cache_length or static_cache_length(batch.attention_mask.shape[1], max(caps[:n_real]))
+                decoder = StaticDecoder(self, batch, length)
+            else:
+                decoder = EagerDecoder(self, batch)
             tokens = self._select(decoder.prefill(), settings, gens)  # (B,) long, on the device
             self._sync()
             t1 = time.perf_counter()
             generated: list[list[int]] = [[] for _ in range(b)]
-            done = [False] * b
+            done = [i >= n_real for i in range(b)]  # padding rows never generate
             finish = ["length"] * b
-            done_rows = None  # (B, 1) bool on the device once a row has finished
+            if n_real < b:
+                done_rows = torch.tensor(done, device=self.device)[:, None]
+            else:
+                done_rows = None  # (B, 1) bool on the device once a row has finished
             while True:
                 newly_done = False
                 for i, tok in enumerate(tokens.tolist()):  # the one host sync per step
@@ -287,7 +360,7 @@ class Engine:
             self._sync()
             t2 = time.perf_counter()
         results = []
-        for i, r in enumerate(requests):
+        for i, r in enumerate(requests[:n_real]):
             timings = {"queue_ms": 0.0, "preprocess_ms": batch.preprocess_ms,
                        "prefill_ms": batch.features_ms + (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3}
             results.append(GenerationResult(
@@ -304,22 +377,10 @@ class Engine:
 
     def _select(self, logits: torch.Tensor, settings: list[GenerationSettings],
                 gens: list[torch.Generator | None]) -> torch.Tensor:
-        """(B, V) logits -> (B,) token ids on the device; each row with its own settings and generator."""
-        vocab = self.tokenizer.vocab_size
-        if logits.shape[-1] > vocab:  # rows beyond the tokenizer (none in the released checkpoint) never win
-            logits = logits.clone()
-            logits[:, vocab:] = float("-inf")
-        tokens = logits.argmax(dim=-1)
-        rows = [i for i, s in enumerate(settings) if not s.greedy]
-        if rows:
-            if len(rows) == len(settings):
-                return sample_batch(logits, settings, gens)
-            index = torch.tensor(rows, device=logits.device)
-            drawn = sample_batch(logits.index_select(0, index), [settings[i] for i in rows], [gens[i] for i in rows])
-            tokens = tokens.index_copy(0, index, drawn)
-        return tokens
+        """(B, V) logits -> (B,) token ids on the device (`sampling.select_tokens`)."""
+        return select_tokens(logits, settings, gens, self.tokenizer.vocab_size)
 
-    def _static_cache(self, batch_size: int, length: int):
+    def static_cache(self, batch_size: int, length: int):
         """A reset StaticCache for (batch_size, length): the previous one when it has that shape.
 
         Reusing it keeps the cache tensors at the same addresses, so CUDA graphs recorded for that shape replay.
@@ -342,7 +403,7 @@ class Engine:
         self._static = (key, cache)
         return cache
 
-    def _decode_step(self, **kwargs):
+    def decode_step(self, **kwargs):
         """One decode forward: compiled when asked; a compilation failure falls back to eager, once, logged."""
         if self._compiled is not None:
             cache = kwargs.pop("cache")
@@ -355,7 +416,7 @@ class Engine:
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 self._compiled = None
                 kwargs["cache"] = kwargs.pop(self._cache_kw)
-        return self._forward(**kwargs)
+        return self.forward(**kwargs)
 
     # -- scoring ----------------------------------------------------------------------------------
     def score_yes_no(self, image: np.ndarray, prompts: Sequence[PromptLike]) -> list[float]:
@@ -386,7 +447,7 @@ class Engine:
         yes, no = self.tokenizer.answer_token_id("Yes"), self.tokenizer.answer_token_id("No")
         with self._lock, torch.inference_mode():
             batch = self.prepare([image] * len(prompts), prompts)
-            out = self._forward(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+            out = self.forward(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
             pair = out.logits[:, -1, [yes, no]].float()  # (Q, 2)
             return pair.softmax(dim=-1)[:, 0].tolist()
@@ -396,130 +457,6 @@ class Engine:
         self.validate(request)
         with self._lock, torch.inference_mode():
             batch = self.prepare([request.image], [request.prompt])
-            out = self._forward(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+            out = self.forward(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False)
             return out.logits[0].float().cpu()
-
-
-def _allow_recompiles(limit: int) -> None:
-    """Raise dynamo's per-function recompile limit to at least `limit` (named recompile_limit since torch 2.6)."""
-    import torch._dynamo.config as dynamo_config
-
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    if getattr(dynamo_config, name, limit) < limit:
-        setattr(dynamo_config, name, limit)
-
-
-def _generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A per-request generator on the device that samples (same seed, same draws, whatever the batch)."""
-    g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(seed)
-    return g
-
-
-def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """(R, V) float32 logits -> warped scores, exactly transformers' TemperatureLogitsWarper ->
-    TopKLogitsWarper -> TopPLogitsWarper (the same ops with the same Python scalars, so the same bits)."""
-    scores = logits / temperature
-    if top_k > 0:
-        k = min(top_k, scores.shape[-1])
-        scores = scores.masked_fill(scores < torch.topk(scores, k)[0][..., -1, None], float("-inf"))
-    if top_p < 1.0:
-        # drop the low tail whose cumulative mass is <= 1 - top_p; always keep the top token
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1 - top_p)
-        remove[..., -1:] = False
-        scores = scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-    return scores
-
-
-def sample_batch(logits: torch.Tensor, settings: Sequence[GenerationSettings],
-                 generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One draw per row of (R, V) logits, on their device: warp -> softmax -> draw; returns (R,) long.
-
-    Rows sharing (temperature, top_k, top_p) are warped together (one batched pass in the usual case of
-    one setting per batch). The draw is torch.multinomial's own one-sample algorithm,
-    ``argmax(probs / q)`` with ``q ~ Exp(1)``, done by hand so that each row uses its own generator
-    (same seed, same tokens whatever the batch) with one argmax for the batch and no host sync:
-    the same generator state gives the same token as ``torch.multinomial(probs_row, 1, generator=g)``.
-    """
-    scores = logits.float()
-    groups: dict[tuple[float, int, float], list[int]] = {}
-    for i, s in enumerate(settings):
-        groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(i)
-    if len(groups) == 1:
-        (temperature, top_k, top_p), = groups
-        scores = warp(scores, temperature, top_k, top_p)
-    else:
-        warped = torch.empty_like(scores)
-        for (temperature, top_k, top_p), rows in groups.items():
-            index = torch.tensor(rows, device=scores.device)
-            warped.index_copy_(0, index, warp(scores.index_select(0, index), temperature, top_k, top_p))
-        scores = warped
-    probs = scores.softmax(dim=-1)                 # (R, V) float32
-    q = torch.empty_like(probs)
-    for i, g in enumerate(generators):             # (V,) exponentials per row, from that row's generator
-        q[i].exponential_(1.0, generator=g)
-    return (probs / q).argmax(dim=-1)
-
-
-def sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
-    """One draw from (V,) logits: temperature -> top-k -> top-p, as transformers' warpers in that order."""
-    return int(sample_batch(logits[None], [settings], [generator])[0])
-
-
-class _EagerDecoder:
-    """DynamicCache: the mask and the cache grow by one position per step."""
-
-    def __init__(self, engine: Engine, batch: PreparedBatch):
-        self.engine, self.batch = engine, batch
-        self.cache = engine._new_cache()
-        self.mask = batch.attention_mask               # (B, L + t) long
-        self.pos = batch.position_ids[:, -1:]          # (B, 1) long
-
-    def prefill(self) -> torch.Tensor:
-        """(B, V) logits of the last prompt position."""
-        b = self.batch
-        out = self.engine._forward(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask,
-                                   position_ids=b.position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
-
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, 1) token ids -> (B, V) logits of the next position."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        self.pos = self.pos + 1
-        out = self.engine._forward(input_ids=ids, attention_mask=self.mask, position_ids=self.pos, cache=self.cache,
-                                   use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
-
-
-class _StaticDecoder:
-    """StaticCache of C positions: fixed shapes every step, so the step can be compiled (and CUDA-graphed)."""
-
-    def __init__(self, engine: Engine, batch: PreparedBatch, max_new_tokens: int):
-        self.engine, self.batch = engine, batch
-        b, length = batch.attention_mask.shape
-        # the last new token is never fed back: L + max_new_tokens - 1 positions are written at most
-        size = -(-(length + max_new_tokens) // STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE
-        self.cache = engine._static_cache(b, size)
-        # (B, C) long: 0 on the left padding, 1 elsewhere. Positions past the current one are excluded by the
-        # causal mask (the cache's own length gives the query offset), so this never changes while decoding.
-        self.mask = batch.attention_mask.new_ones((b, size))
-        self.mask[:, :length] = batch.attention_mask
-        self.pos = batch.position_ids[:, -1:]          # (B, 1) long
-
-    def prefill(self) -> torch.Tensor:
-        b = self.batch
-        out = self.engine._forward(inputs_embeds=b.inputs_embeds, attention_mask=self.mask,
-                                   position_ids=b.position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
-
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        self.pos = self.pos + 1
-        out = self.engine._decode_step(input_ids=ids, attention_mask=self.mask, position_ids=self.pos,
-                                       cache=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]

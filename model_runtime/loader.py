@@ -24,6 +24,9 @@ from model_runtime.checkpoint import (
 )
 from model_runtime.engine import Engine
 from model_runtime.errors import ModelLoadError
+from model_runtime.quantize import (  # noqa: F401  (re-exported: callers import them from here)
+    SKIP_QUANTIZATION, bitsandbytes, int4_group_size, kernel_name, quantization_config,
+)
 from model_runtime.types import ModelConfig, ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -31,23 +34,7 @@ log = logging.getLogger(__name__)
 # Files a load needs (and the only ones fetched from the hub: no remote code, no .bin duplicates).
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-# Kept unquantized: the vision tower, the projector and lm_head. Short names for transformers versions
-# that match by substring or at the top level; "model."-prefixed ones for 5.2x, which matches prefixes.
-SKIP_QUANTIZATION = ["vision_tower", "multi_modal_projector", "lm_head",
-                     "model.vision_tower", "model.multi_modal_projector"]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def bitsandbytes():
-    """Import bitsandbytes, or say what to install."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:
-        raise ModelLoadError(
-            "8bit/4bit quantization needs bitsandbytes: `pip install 'bitsandbytes>=0.45'` "
-            "(or choose quantization 'none')"
-        ) from exc
-    return bnb
 
 
 def resolve_device(device: str) -> torch.device:
@@ -180,26 +167,6 @@ def read_published_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def quantization_config(quantization: str):
-    """BitsAndBytesConfig for the language model, or None.
-
-    4bit: NF4 + double quantization, computing in bfloat16 whatever the model dtype (the original runs in
-    bf16; a float32 model on CPU would otherwise make bitsandbytes dequantize to float32 for every matmul).
-    The vision tower, the projector and lm_head stay unquantized.
-    """
-    if quantization == "none":
-        return None
-    bitsandbytes()
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANTIZATION)
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=SKIP_QUANTIZATION,
-    )
-
-
 def build_native_state_dict(directory: Path) -> tuple[CheckpointSpec, Any, dict[str, torch.Tensor]]:
     """Published directory -> (spec, VipLlavaConfig, native state dict), strictly checked both sides."""
     from transformers import VipLlavaForConditionalGeneration
@@ -243,7 +210,8 @@ def load(config: ModelConfig) -> Engine:
     ------
     ModelLoadError
         Directory or hub id not found (offline: names the directory to provide instead), missing shard,
-        missing/unexpected/wrongly shaped tensor (named), unreadable tokenizer, bitsandbytes absent.
+        missing/unexpected/wrongly shaped tensor (named), unreadable tokenizer, bitsandbytes or torchao
+        absent, an int4 group size that does not fit the checkpoint, int4 on CUDA in a dtype other than bfloat16.
     """
     from transformers import VipLlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -252,8 +220,11 @@ def load(config: ModelConfig) -> Engine:
     device = resolve_device(config.device)
     dtype, quantization = resolve_precision(config, device)
     directory, name, revision = resolve_checkpoint(config)
-    qconfig = quantization_config(quantization)
     cfg = read_json(directory / "config.json")
+    group_size = None
+    if quantization == "int4":
+        group_size = int4_group_size(text_config(cfg), config.int4_group_size, device)
+    qconfig = quantization_config(quantization, device=device, group_size=group_size or 128, dtype=dtype)
     common: dict[str, Any] = {"dtype": dtype, "device_map": _device_map(device)}
     if qconfig is not None:
         common["quantization_config"] = qconfig
@@ -290,14 +261,25 @@ def load(config: ModelConfig) -> Engine:
     # transformers' slow LlamaTokenizer defaults to legacy=True when the config does not say.
     tokenizer = ChatTokenizer(directory / "tokenizer.model", legacy=bool(tok_cfg.get("legacy", True)))
     identity = ModelIdentity(name=name, revision=revision, dtype=str(dtype).removeprefix("torch."),
-                             quantization=quantization)
+                             quantization=quantization, kernel=kernel_name(quantization, device, group_size))
     compile_ = resolve_compile(config, device, model)
-    log.info("loaded %s (revision %s) on %s as %s/%s, decode %s%s", name, revision, device, identity.dtype,
-             quantization, config.decode, "+compile" if compile_ else "")
+    log.info("loaded %s (revision %s) on %s as %s/%s (%s), decode %s%s", name, revision, device, identity.dtype,
+             quantization, identity.kernel, config.decode, "+compile" if compile_ else "")
     return Engine(
         model, tokenizer, identity=identity, image_size=image_size, image_mean=mean, image_std=std,
         eos_token_id=tokenizer.eos_id, decode=config.decode, compile=compile_,
     )
+
+
+def text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The language model's sizes from a config.json of either layout (published ``llama``, native ``text_config``)."""
+    from transformers import LlamaConfig
+
+    text = cfg.get("llama") if cfg.get("model_type") == "CXR-LLAVA" else cfg.get("text_config")
+    defaults = LlamaConfig()  # a native config.json may leave out values equal to the defaults
+    text = text or {}
+    return {"hidden_size": text.get("hidden_size", defaults.hidden_size),
+            "intermediate_size": text.get("intermediate_size", defaults.intermediate_size)}
 
 
 def resolve_compile(config: ModelConfig, device: torch.device, model) -> bool:

@@ -102,8 +102,8 @@ def _tiny_config(vocab_size: int) -> dict:
             "hidden_act": "silu",
             "hidden_size": 64,
             "initializer_range": 0.02,
-            "intermediate_size": 172,
-            "max_position_embeddings": 512,
+            "intermediate_size": 192,   # a multiple of 64: bitsandbytes' packed 4-bit CPU path (AVX512-BF16) needs N % 32 == 0 and whole 64-blocks
+            "max_position_embeddings": 2048,   # the original's context length: room for the 512-token cap
             "model_type": "llama",
             "num_attention_heads": 4,
             "num_hidden_layers": 2,

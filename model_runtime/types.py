@@ -8,8 +8,11 @@ import numpy as np
 
 from model_runtime.errors import InvalidRequest
 
-Quantization = Literal["none", "8bit", "4bit"]
-QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit")
+Quantization = Literal["none", "8bit", "4bit", "int4"]
+QUANTIZATIONS: tuple[str, ...] = ("none", "8bit", "4bit", "int4")
+# torchao int4 weight-only group sizes (input channels sharing one scale and zero point); CUDA's tinygemm
+# kernel takes all four, the CPU kernel 32, 64 and 128.
+INT4_GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)
 Decode = Literal["eager", "static"]
 DECODES: tuple[str, ...] = ("eager", "static")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -43,8 +46,16 @@ class ModelConfig:
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     dtype : str, optional
         ``float32``, ``bfloat16`` or ``float16``; default bfloat16 on CUDA, float32 on CPU.
-    quantization : {"none", "8bit", "4bit"}, optional
-        bitsandbytes quantization of the language model; default 4bit on CUDA, none on CPU.
+    quantization : {"none", "8bit", "4bit", "int4"}, optional
+        Weight quantization of the language model's Linear layers (the vision tower, the projector and
+        ``lm_head`` stay unquantized): ``8bit`` (bitsandbytes LLM.int8), ``4bit`` (bitsandbytes NF4, the
+        smallest memory on the widest hardware), ``int4`` (torchao int4 weight-only, grouped asymmetric:
+        tinygemm kernels on CUDA, which decode faster than bf16 with the static cache and compile; the
+        CPU kernel on CPU). Default 4bit on CUDA, none on CPU.
+    int4_group_size : int, optional
+        ``int4`` only: input channels per scale/zero point, one of 32, 64, 128, 256 (CPU: up to 128);
+        smaller is closer to the unquantized model and a little slower. Default: the largest of 128, 64,
+        32 that divides the input size of every quantized layer (128 for CXR-LLAVA-v2; 32 for the tiny model).
     local_files_only : bool
         For a hub id: use only what is already in the local cache (no network).
     cache_dir : str, optional
@@ -70,6 +81,7 @@ class ModelConfig:
     attn_implementation: str | None = None
     decode: Decode = "eager"
     compile: bool | None = None
+    int4_group_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -82,6 +94,13 @@ class ModelConfig:
             )
         if self.decode not in DECODES:
             raise InvalidRequest(f"decode {self.decode!r} is not supported; use one of {', '.join(DECODES)}")
+        if self.int4_group_size is not None:
+            if self.int4_group_size not in INT4_GROUP_SIZES:
+                raise InvalidRequest(f"int4_group_size {self.int4_group_size!r} is not supported; use one of "
+                                     f"{', '.join(map(str, INT4_GROUP_SIZES))} or leave it unset")
+            if self.quantization != "int4":
+                raise InvalidRequest(f"int4_group_size is set but quantization is {self.quantization!r}; "
+                                     "it applies to quantization 'int4' only")
         if self.compile is not None and not isinstance(self.compile, bool):
             raise InvalidRequest(f"compile must be true, false or unset (None), got {self.compile!r}")
         if self.compile and self.decode != "static":
@@ -132,12 +151,21 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What produced an output: travels into FHIR Device/Provenance and card sources."""
+    """What produced an output: travels into FHIR Device/Provenance and card sources, and keys stored drafts.
+
+    ``kernel`` names the matmul implementation of the quantized layers (``torch`` unquantized,
+    ``bitsandbytes-int8``, ``bitsandbytes-nf4``, ``torchao-int4-g128-tinygemm`` on CUDA,
+    ``torchao-int4-g32-cpu``...); ``decode`` the decode path (``eager``, ``static``, ``static+compile``,
+    ``static+cudagraphs``; the Engine sets it). Outputs of different kernels or decode paths can differ
+    in their last bits, so a draft made by one is never reused for another.
+    """
 
     name: str
     revision: str | None
     dtype: str
     quantization: str
+    kernel: str = "torch"
+    decode: str = "eager"
 
     def for_prompt(self, prompt: PromptLike) -> dict[str, Any]:
         return {
@@ -145,6 +173,8 @@ class ModelIdentity:
             "revision": self.revision,
             "dtype": self.dtype,
             "quantization": self.quantization,
+            "kernel": self.kernel,
+            "decode": self.decode,
             "prompt_id": prompt.id,
             "prompt_version": prompt.version,
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,37 @@ def _missing(what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing in CI; `make test` should have installed it")
     pytest.skip(f"{what} is missing; run `make test` to install it")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_log():
+    """Every log record of the session, formatted (tests/test_zz_logs.py greps them for identifiers).
+
+    The project's loggers write INFO, as `cxr-cds serve` does, so the check sees what production writes.
+    """
+    import logging
+
+    from tests.support.identifiers import LogCollector
+
+    collector = LogCollector()
+    logging.getLogger().addHandler(collector)
+    raised = []
+    for name in ("cds_hooks", "imaging", "fhir_mapping", "prompts", "model_runtime", "evaluation", "dicom_sr"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            raised.append((logger, logger.level))
+            logger.setLevel(logging.INFO)
+    yield collector
+    logging.getLogger().removeHandler(collector)
+    for logger, level in raised:
+        logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _name_log_lines(request, session_log):
+    """Tag the collected log lines with the test that wrote them."""
+    session_log.current_test = request.node.nodeid
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +77,22 @@ def fhir_r4_schema_path(shared_dir) -> Path:
     if not FHIR_R4_SCHEMA.is_file():
         _missing(f"FHIR R4 JSON schema at {FHIR_R4_SCHEMA}")
     return FHIR_R4_SCHEMA
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A fresh PostgreSQL server on 127.0.0.1 for the whole session (temporary data directory, stopped by PID)."""
+    from tests.support.postgres import PostgresServer, find_bin_dir
+
+    if find_bin_dir() is None:
+        _missing("PostgreSQL (Debian package postgresql)")
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="cxr-pg-")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.remove()
 
 
 @pytest.fixture(scope="session")

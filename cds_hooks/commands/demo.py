@@ -19,6 +19,7 @@ DEMO_ACCESSION = "DEMO-ACC-0001"
 DEMO_PATIENT_ID = "DEMO-MRN-0001"
 DEMO_STUDY_UID = "1.2.826.0.1.3680043.8.498.10000000000000000000000000000000001"
 ORDER_SIGN_SERVICE_ID = "cxr-ai-order-sign"
+DEMO_CORS_ORIGINS = "https://sandbox.cds-hooks.org"
 
 
 def chest_phantom(rows: int = 640, cols: int = 528, *, seed: int = 0) -> np.ndarray:
@@ -174,6 +175,9 @@ def demo(ctx: click.Context, host: str, port: int, home: Path, prepare_only: boo
         # the first call computes the draft on the CPU: let it finish within the call in the demo
         "CXR_CDS_DEADLINE_S": "60",
         "CXR_CDS_PUBLIC_URL": f"http://{host}:{port}",
+        # the browser origin the demo may be tried from: the public CDS Hooks sandbox (set
+        # CXR_CDS_CORS_ORIGINS to add a sandbox served on loopback, e.g. http://127.0.0.1:8000)
+        "CXR_CDS_CORS_ORIGINS": DEMO_CORS_ORIGINS,
     }
     for key, value in env.items():
         os.environ.setdefault(key, value)

@@ -45,14 +45,18 @@ def _fail(message: str) -> None:
 @click.option("--revision", default=None, help="Hub revision (commit) to pin.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)
-@click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]), default=None)
+@click.option("--quantization", type=click.Choice(["none", "8bit", "4bit", "int4"]), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per model call.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Threads decoding images ahead of the model.")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              envvar="CXR_CDS_BACKEND", help="hf: in-process; vllm: the decoder on --vllm-url [env CXR_CDS_BACKEND].")
+@click.option("--vllm-url", default=None, envvar="CXR_CDS_VLLM_URL",
+              help="Base URL of the vLLM server (with --backend vllm) [env CXR_CDS_VLLM_URL].")
 def evaluate(dataset, model_ref, out_dir, preset, prompts, temperatures, top_ps, repeats, seed, limit, min_age,
              max_age, max_new_tokens, bootstrap, split, layout, images_root, revision, device, dtype, quantization,
-             batch_size, workers) -> None:
+             batch_size, workers, backend="hf", vllm_url=None) -> None:
     """Evaluate the model on a labelled dataset: F1 etc. per finding with 95% CIs, as in the paper.
 
     Writes results.json, per_image.csv (every generation; the cache that makes a rerun resume)
@@ -79,15 +83,20 @@ def evaluate(dataset, model_ref, out_dir, preset, prompts, temperatures, top_ps,
 
     from evaluation import open_reader
 
+    from cds_hooks.commands.model import check_backend
+
+    check_backend(backend, vllm_url)
     try:
         reader = open_reader(model_ref, revision=revision, device=device, dtype=dtype,
-                             quantization=quantization, batch_size=batch_size)
+                             quantization=quantization, batch_size=batch_size, backend=backend, vllm_url=vllm_url)
     except ModelRuntimeError as exc:
         _fail(str(exc))
     try:
         results = run_evaluation(manifest, reader, plan, out_dir, batch_size=batch_size, workers=workers)
     except (EvaluationError, ModelRuntimeError) as exc:
         _fail(str(exc))
+    finally:
+        reader.close()
 
     ds = results["dataset"]
     click.echo(f"evaluated {ds['cases_evaluated']} of {ds['cases_selected']} cases; "

@@ -1,4 +1,4 @@
-"""`cxr-cds generate` (one image, one prompt, the model) and `cxr-cds model init-tiny|convert`.
+"""`cxr-cds generate` (one image, one prompt, the model) and `cxr-cds model init-tiny|convert|export-decoder`.
 
 Heavy imports (torch, transformers, imaging, prompts) happen inside the commands so `--help` stays fast.
 Errors: one line on stderr, exit status 1, no traceback.
@@ -59,23 +59,30 @@ def read_image(path: Path):
 @click.option("--max-new-tokens", type=int, default=None, help="Lower cap on new tokens (default: the original's 512).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
               help="Default: bfloat16 on CUDA, float32 on CPU.")
-@click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]), default=None,
-              help="Default: 4bit on CUDA, none on CPU.")
+@click.option("--quantization", type=click.Choice(["none", "8bit", "4bit", "int4"]), default=None,
+              help="bitsandbytes 8bit/4bit (NF4) or torchao int4 (fast with --decode static on CUDA). "
+                   "Default: 4bit on CUDA, none on CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--decode", type=click.Choice(["eager", "static"]), default="eager", show_default=True,
               help="Decode backend: static = static KV cache (+ torch.compile on CUDA); same tokens, faster on GPU.")
 @click.option("--revision", default=None, help="Hub revision to pin (hub ids only).")
 @click.option("--seed", type=int, default=None, help="Sampling seed (same seed, same text).")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              envvar="CXR_CDS_BACKEND", help="hf: in-process transformers; vllm: the decoder on a vLLM server "
+                                             "(--vllm-url) [env CXR_CDS_BACKEND].")
+@click.option("--vllm-url", default=None, envvar="CXR_CDS_VLLM_URL",
+              help="Base URL of the vLLM server serving `cxr-cds model export-decoder` output [env CXR_CDS_VLLM_URL].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text.")
 def generate(model_path, image_path, task, question, temperature, top_p, max_new_tokens, dtype, quantization,
-             device, decode, revision, seed, as_json):
+             device, decode, revision, seed, backend, vllm_url, as_json):
     """Generate a draft report (or answer) for one chest radiograph. Output is an AI draft for review."""
-    from model_runtime import GenerationRequest, GenerationSettings, ModelConfig, ModelRuntimeError, load
+    from model_runtime import GenerationRequest, GenerationSettings, ModelConfig, ModelRuntimeError, open_backend
 
     if task == "question" and not question:
         _fail("--task question needs --question TEXT, e.g. --question 'Is there a pneumothorax?'")
     if question and task != "question":
         _fail(f"--question is only used with --task question (got --task {task})")
+    check_backend(backend, vllm_url)
     try:
         import prompts
 
@@ -83,9 +90,12 @@ def generate(model_path, image_path, task, question, temperature, top_p, max_new
         image = read_image(image_path)
         settings = GenerationSettings(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         _quiet_transformers()
-        engine = load(ModelConfig(model=model_path, revision=revision, device=device, dtype=dtype,
-                                  quantization=quantization, decode=decode))
-        result = engine.generate([GenerationRequest(image=image, prompt=prompt, settings=settings)])[0]
+        model = open_backend(backend, ModelConfig(model=model_path, revision=revision, device=device, dtype=dtype,
+                                                  quantization=quantization, decode=decode), vllm_url=vllm_url)
+        try:
+            result = model.generate([GenerationRequest(image=image, prompt=prompt, settings=settings)])[0]
+        finally:
+            model.close()
     except ModelRuntimeError as exc:
         _fail(exc.message)
     except (ValueError, OSError) as exc:  # PromptError, ImagingError subclasses, unreadable files
@@ -100,6 +110,14 @@ def generate(model_path, image_path, task, question, temperature, top_p, max_new
     else:
         click.echo(AI_DRAFT_NOTICE, err=True)
         click.echo(result.text)
+
+
+def check_backend(backend: str, vllm_url: str | None) -> None:
+    """--backend vllm needs --vllm-url; --vllm-url needs --backend vllm (exit 1 naming the option)."""
+    if backend == "vllm" and not vllm_url:
+        _fail("--backend vllm needs --vllm-url URL (or CXR_CDS_VLLM_URL), e.g. http://127.0.0.1:8000")
+    if backend == "hf" and vllm_url:
+        _fail("--vllm-url (or CXR_CDS_VLLM_URL) is set but --backend is hf; add --backend vllm or drop the URL")
 
 
 @click.group("model")
@@ -138,3 +156,21 @@ def convert_command(source: str, destination: Path, revision: str | None) -> Non
     except OSError as exc:
         _fail(f"cannot write {destination}: {exc}")
     click.echo(f"native checkpoint written to {out}")
+
+
+@model.command("export-decoder")
+@click.argument("source")
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--revision", default=None, help="Hub revision to pin when SOURCE is a hub id.")
+def export_decoder_command(source: str, destination: Path, revision: str | None) -> None:
+    """Write the decoder of a published checkpoint as a LlamaForCausalLM checkpoint, for `vllm serve`."""
+    from model_runtime import ModelRuntimeError, export_decoder
+
+    try:
+        out = export_decoder(source, destination, revision=revision)
+    except ModelRuntimeError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"cannot write {destination}: {exc}")
+    click.echo(f"LlamaForCausalLM decoder written to {out}; serve it with "
+               f"`vllm serve {out} --enable-prompt-embeds` and use --backend vllm --vllm-url URL")

@@ -9,6 +9,7 @@ from datetime import date
 from cds_hooks.jobs import Poller
 from tests.cds_hooks.checks import check_response
 from tests.cds_hooks.conftest import LATERAL_UID, ORDERED_UID, PRIOR_UID, CountingGenerate, cxr_order, hook_request, patient
+from tests.cds_hooks.review_links import draft_json, link_target, review_page
 
 SIGN = "/cds-services/cxr-ai-order-sign"
 SELECT = "/cds-services/cxr-ai-order-select"
@@ -36,18 +37,18 @@ def test_hook_computes_then_reads_the_stored_draft(make_app):
     report = action["resource"]
     assert action["type"] == "create" and report["resourceType"] == "DiagnosticReport"
     assert report["status"] == "preliminary" and report["subject"] == {"reference": "Patient/pat-42"}
-    assert ORDERED_UID in card["detail"] and "ACC0042" in card["detail"]
+    assert ORDERED_UID not in card["detail"] and "ACC0042" not in card["detail"]   # on the review page instead
+    page = review_page(client, card)
+    assert ORDERED_UID in page and "ACC0042" in page
     assert "AI-generated draft" in card["detail"] and "report_context" in card["detail"]
     assert "Drafted with" not in card["detail"]                     # made with this order's own context
     second = client.post(SIGN, json=_sign_42())
     (again,) = check_response(second.get_json())
     assert app.generate.calls == 1
-    assert again["links"] == card["links"] and again["uuid"] != card["uuid"]
-    # the link target resolves to the stored draft JSON
-    path = card["links"][0]["url"].removeprefix("https://cds.example.org")
-    draft = client.get(path)
-    assert draft.status_code == 200
-    body = draft.get_json()
+    assert link_target(again) == link_target(card) and again["uuid"] != card["uuid"]
+    assert again["links"] != card["links"]                          # one signed link per card
+    # the link's token unlocks the stored draft JSON
+    body = draft_json(client, card)
     assert body["study"]["sop_instance_uid"] and body["fhir"]["resourceType"] == "Bundle"
     assert body["model"]["prompt_id"] and "subject" not in body["diagnostic_report"]
     metrics = client.get("/metrics").get_data(as_text=True)
@@ -56,8 +57,10 @@ def test_hook_computes_then_reads_the_stored_draft(make_app):
     assert 'cxr_cds_hook_latency_seconds_count{hook="order-sign"} 2.0' in metrics
 
 
-def test_unknown_draft_is_404(client):
-    r = client.get("/drafts/not-a-draft")
+def test_unknown_draft_is_404(make_app):
+    client = make_app(pacs_token="p" * 32).test_client()
+    assert client.get("/drafts/not-a-draft").status_code == 401                  # no credential
+    r = client.get("/drafts/not-a-draft", headers={"Authorization": "Bearer " + "p" * 32})
     assert r.status_code == 404
     assert "no stored AI draft 'not-a-draft'" in r.get_json()["issue"][0]["diagnostics"]
 
@@ -170,4 +173,4 @@ def test_patient_view_shows_the_latest_radiograph(make_app):
     r = app.test_client().post("/cds-services/cxr-ai-patient-view", json=body)
     (card,) = check_response(r.get_json())
     assert card["summary"].startswith("Latest chest X-ray 2025-01-10 (AI findings)")
-    assert "suggestions" not in card and PRIOR_UID in card["detail"]
+    assert "suggestions" not in card and PRIOR_UID in review_page(app.test_client(), card)

@@ -13,6 +13,7 @@ import requests
 from tests.cds_hooks.checks import check_response
 from tests.cds_hooks.conftest import PATIENT_NAME, cxr_order, hook_request, patient
 from tests.cds_hooks.loopback import LoopbackServer
+from tests.cds_hooks.review_links import draft_json
 from tests.cds_hooks.serving import served
 
 pytestmark = pytest.mark.orthanc
@@ -61,7 +62,7 @@ def test_order_sign_end_to_end_through_orthanc(make_app, orthanc, e2e_study, ass
     (card,) = check_response(r.get_json())
     _check_draft_card(card, assert_valid_r4)
     assert "PA view" in card["detail"]                       # the frontal instance, not the lateral
-    draft = client.get(card["links"][0]["url"].removeprefix("https://cds.example.org")).get_json()
+    draft = draft_json(client, card)
     assert draft["study"]["study_instance_uid"] == E2E_UID and draft["fhir"]["type"] == "collection"
     # a study that does not exist, for a patient without radiographs: 200, no card
     r = client.post("/cds-services/cxr-ai-order-sign", json=_order_sign(accession="ACC-MISSING", mrn="MRN-NONE"))
@@ -107,7 +108,8 @@ def gunicorn_url(orthanc, e2e_study, tiny_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("gunicorn")
     env = {"CXR_CDS_AUTH": "none", "CXR_CDS_DICOMWEB_URL": orthanc.dicomweb_url, "CXR_CDS_MODEL": str(tiny_model_dir),
            "CXR_CDS_DEVICE": "cpu", "CXR_CDS_DB": str(work / "cds.sqlite3"), "CXR_CDS_DEADLINE_S": "60",
-           "CXR_CDS_MAX_NEW_TOKENS": "12", "CXR_CDS_MAX_REQUEST_BYTES": "65536"}
+           "CXR_CDS_MAX_NEW_TOKENS": "12", "CXR_CDS_MAX_REQUEST_BYTES": "65536",
+           "CXR_CDS_CORS_ORIGINS": "https://sandbox.cds-hooks.org"}
     with served(env, work) as url:
         yield url
 
@@ -123,7 +125,7 @@ def test_gunicorn_serves_the_checklist_basics(gunicorn_url, assert_valid_r4):
     r = requests.post(f"{url}/cds-services/cxr-ai-order-sign", data="{oops", timeout=5,
                       headers={"Content-Type": "application/json", "Origin": "https://sandbox.cds-hooks.org"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
-    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"    # listed, never *
     r = requests.post(f"{url}/cds-services/nope", json=_order_sign(), timeout=5)
     assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
     r = requests.post(f"{url}/cds-services/cxr-ai-order-sign", timeout=5,

@@ -10,6 +10,7 @@ from cds_hooks.hooks import patient_match
 from imaging import FolderSource, StudyMatch
 from tests.cds_hooks.checks import check_response
 from tests.cds_hooks.conftest import ORDERED_UID, PRIOR_UID, cxr_order, hook_request, patient
+from tests.cds_hooks.review_links import review_page
 
 SIGN = "/cds-services/cxr-ai-order-sign"
 MISMATCH = ("The study found for accession ACC0042 belongs to a different patient in the PACS; "
@@ -81,7 +82,7 @@ def test_patient_without_mrn_gets_a_draft_to_read_but_nothing_to_create(make_app
     assert card["summary"].startswith("AI draft (patient match unverified), chest X-ray 2026-11-28")
     assert "**The patient match could not be verified**" in card["detail"]
     assert "suggestions" not in card and "selectionBehavior" not in card
-    assert ORDERED_UID in card["detail"] and app.generate.calls == 1
+    assert ORDERED_UID in review_page(app.test_client(), card) and app.generate.calls == 1
 
 
 def test_prior_card_wording_says_why_the_ordered_study_was_not_read(make_app):

@@ -10,6 +10,7 @@ from cds_hooks.settings import DEFAULT_CXR_CODES
 from cds_hooks.errors import BadRequest
 from tests.cds_hooks.checks import check_response
 from tests.cds_hooks.conftest import PRIOR_UID, cxr_order, hook_request, patient
+from tests.cds_hooks.review_links import link_target, review_page
 
 SIGN = "/cds-services/cxr-ai-order-sign"
 SELECT = "/cds-services/cxr-ai-order-select"
@@ -51,9 +52,15 @@ def test_parse_request_errors_directly():
         parse_request(SERVICES_BY_ID["cxr-ai-order-sign"], {
             "hook": "order-sign", "hookInstance": "x", "fhirServer": "https://e", "fhirAuthorization": "t",
             "context": {"userId": "u", "patientId": "p", "draftOrders": {}}})
-    with pytest.raises(BadRequest, match="context.patientId must be a string"):
+    for bad in (7, "p/../Patient/q", "x" * 65, ""):
+        with pytest.raises(BadRequest, match=r"context.patientId must be a bare Patient.id|missing patientId"):
+            parse_request(SERVICES_BY_ID["cxr-ai-order-sign"], {
+                "hook": "order-sign", "hookInstance": "x", "context": {"userId": "u", "patientId": bad,
+                                                                       "draftOrders": {}}})
+    with pytest.raises(BadRequest, match="context.encounterId must be a bare Encounter.id"):
         parse_request(SERVICES_BY_ID["cxr-ai-order-sign"], {
-            "hook": "order-sign", "hookInstance": "x", "context": {"userId": "u", "patientId": 7, "draftOrders": {}}})
+            "hook": "order-sign", "hookInstance": "x",
+            "context": {"userId": "u", "patientId": "p", "encounterId": ["e"], "draftOrders": {}}})
     with pytest.raises(BadRequest, match="hook and hookInstance must be strings and context an object"):
         parse_request(SERVICES_BY_ID["cxr-ai-order-sign"], {"hook": "order-sign", "hookInstance": "x", "context": [1]})
 
@@ -139,10 +146,11 @@ def test_tolerant_of_unknown_fields_bundle_shapes_and_hook_instances(make_app):
     noisy["context"]["draftOrders"]["type"] = "collection"
     first, second = client.post(SIGN, json=plain), client.post(SIGN, json=noisy)
     assert first.status_code == second.status_code == 200
-    strip = lambda cards: [{k: v for k, v in c.items() if k not in ("uuid",)} for c in cards]
+    strip = lambda cards: [{k: v for k, v in c.items() if k not in ("uuid", "links")} for c in cards]
     one, two = check_response(first.get_json()), check_response(second.get_json())
     assert strip(one) == strip(two) and len(one) == 1
-    assert PRIOR_UID in one[0]["detail"]
+    assert link_target(one[0]) == link_target(two[0])              # the same draft; one signed link per card
+    assert PRIOR_UID in review_page(client, one[0])
     assert app.generate.calls == 1
 
 
@@ -238,7 +246,7 @@ def test_malformed_selections_are_400_and_an_order_free_bundle_gets_no_cards(cli
 
 
 def test_last_resort_error_handler_answers_operation_outcome_500(make_app, caplog):
-    app = make_app()
+    app = make_app(cors_origins=("https://sandbox.cds-hooks.org",))
 
     @app.get("/boom")
     def boom():                      # a view with a bug: only such truly internal errors are 500
@@ -247,7 +255,7 @@ def test_last_resort_error_handler_answers_operation_outcome_500(make_app, caplo
     r = app.test_client().get("/boom", headers={"Origin": "https://sandbox.cds-hooks.org"})
     assert r.status_code == 500 and r.mimetype == "application/json"
     assert _diagnostics(r) == "internal error; the service has logged it"
-    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"   # a listed origin
     assert "MRN0042" not in r.get_data(as_text=True)
 
 

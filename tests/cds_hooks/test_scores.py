@@ -1,7 +1,7 @@
 """Per-finding yes/no scores through the whole service (issue 7 item 1; issue 3 item 4).
 
 Settings -> ``build_runtime`` (scores through the inference worker) -> analysis -> stored draft ->
-card detail (labelled as model probabilities) -> DiagnosticReport Observation components (R4-valid).
+review page (labelled as model probabilities) -> DiagnosticReport Observation components (R4-valid).
 """
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from prompts import ClinicalContext, finding_questions
 from prompts.findings import PRIMARY_FINDINGS
 from tests.cds_hooks.checks import check_response
 from tests.cds_hooks.conftest import ORDERED_UID, CountingGenerate, cxr_order, hook_request, patient
+from tests.cds_hooks.review_links import draft_json, link_target, review_page
 
 SIGN = "/cds-services/cxr-ai-order-sign"
 PUBLIC = "https://cds.example.org"
-SCORE_LINE = re.compile(r"^- (\w[\w ]*): (present|absent|uncertain|not mentioned) in report; "
-                        r"model P\(yes\) (\d\.\d\d)$", re.MULTILINE)
 YES_PROBABILITY = "yes-probability"
 SCRIPTED_REPORT = "Small left pleural effusion. No pneumothorax. Heart size is normal."
 
@@ -42,7 +41,12 @@ def _drain(app, timeout_s=60):
 
 
 def _draft(client, card) -> dict:
-    return client.get(card["links"][0]["url"].removeprefix(PUBLIC)).get_json()
+    return draft_json(client, card)
+
+
+def _page_scores(page: str) -> dict[str, str]:
+    """Finding -> the probability the review page shows ("0.42" or "not scored")."""
+    return dict(re.findall(r'id="finding-(\w+)".*?class="probability">([^<]+)<', page, flags=re.DOTALL))
 
 
 def _pixels(study_folder, sop_instance_uid):
@@ -142,20 +146,16 @@ def test_service_built_from_settings_scores_every_primary_finding(served, engine
     questions = finding_questions(ClinicalContext())
     direct = engine.score_yes_no(_pixels(study_folder, draft["study"]["sop_instance_uid"]), list(questions.values()))
     assert scores == {name: round(p, 4) for name, p in zip(questions, direct)}
-    # the card lists each primary finding with its probability, labelled as uncalibrated model output
-    detail = card["detail"]
-    assert cards.SCORES_HEADING in detail and "not a risk of disease" in detail
-    lines = SCORE_LINE.findall(detail)
-    assert [name for name, _, _ in lines] == [n.replace("_", " ").capitalize() for n in PRIMARY_FINDINGS]
-    assert [float(p) for _, _, p in lines] == [round(scores[n], 2) for n in PRIMARY_FINDINGS]
-    for (_, in_report, _), name in zip(lines, PRIMARY_FINDINGS):
-        assert in_report == draft["findings"][name]["presence"].replace("_", " ")
+    # the review page lists each primary finding with its probability, labelled as uncalibrated model
+    # output; the card stays short (issue 13): no probabilities in its detail
+    page = review_page(client, card)
+    assert "not a risk of disease" in page and "P(yes)" not in card["detail"]
+    assert _page_scores(page) == {n: f"{scores[n]:.2f}" for n in PRIMARY_FINDINGS}
     # the summary is untouched by scores
     analysis = Analysis.from_json(draft)
     cfg = cards.CardSettings(base_url=PUBLIC, source_label="x", source_url=PUBLIC)
     without = cards.draft_card(dataclasses.replace(analysis, scores=None), cfg, patient_id="pat-42")
     assert card["summary"] == without["summary"] and len(card["summary"]) <= cards.SUMMARY_MAX
-    assert cards.SCORES_HEADING not in without["detail"]
 
 
 def test_scores_off_builds_no_scorer(tiny_model_dir, study_folder, tmp_path):
@@ -174,7 +174,8 @@ def test_without_a_scorer_cards_and_drafts_carry_no_scores(make_app):
     app = make_app(deadline_s=60)                                # runtime.score is None
     client = app.test_client()
     (card,) = check_response(client.post(SIGN, json=_sign_42()).get_json())
-    assert cards.SCORES_HEADING not in card["detail"] and "P(yes)" not in card["detail"]
+    assert "P(yes)" not in card["detail"]
+    assert set(_page_scores(review_page(client, card)).values()) <= {"not scored"}
     assert _draft(client, card)["scores"] is None
     report = card["suggestions"][0]["actions"][0]["resource"]
     assert YES_PROBABILITY not in str(report)
@@ -208,22 +209,24 @@ def test_draft_report_carries_scores_as_observation_components(make_scored_app, 
         q = components["obs-" + name.replace("_", "-")]
         assert q == {"value": scores[name], "unit": "probability", "system": "http://unitsofmeasure.org", "code": "1"}
     # the card detail says what the report said and what the model's yes/no answer was
-    detail = card["detail"]
-    assert f"- Pneumothorax: absent in report; model P(yes) {scores['pneumothorax']:.2f}" in detail
-    assert f"- Pleural effusion: present in report; model P(yes) {scores['pleural_effusion']:.2f}" in detail
-    assert f"- Edema: not mentioned in report; model P(yes) {scores['edema']:.2f}" in detail
+    page = review_page(client, card)
+    shown = _page_scores(page)
+    assert shown["pneumothorax"] == f"{scores['pneumothorax']:.2f}" and shown["edema"] == f"{scores['edema']:.2f}"
+    assert shown["pleural_effusion"] == f"{scores['pleural_effusion']:.2f}"
+    assert re.search(r'id="finding-edema".*?class="presence">not mentioned<', page, flags=re.DOTALL)
+    assert re.search(r'id="finding-pneumothorax".*?class="presence">absent<', page, flags=re.DOTALL)
     assert card["summary"] == "AI draft, chest X-ray 2026-11-28: small left pleural effusion"
     assert all(0.0 <= scores[n] <= 1.0 for n in PRIMARY_FINDINGS)
 
 
-def test_prior_card_lists_the_scores_too(make_scored_app, worker):
+def test_prior_card_leaves_the_scores_to_the_review_page(make_scored_app, worker):
     app = make_scored_app(ScriptedReport(worker.run), worker.score)
     client = app.test_client()
     (card,) = check_response(client.post(SIGN, json=_sign_42()).get_json())
     analysis = Analysis.from_json(_draft(client, card))
     cfg = cards.CardSettings(base_url=PUBLIC, source_label="x", source_url=PUBLIC)
     prior = cards.prior_card(analysis, cfg)
-    assert cards.SCORES_HEADING in prior["detail"] and len(SCORE_LINE.findall(prior["detail"])) == 6
+    assert "P(yes)" not in prior["detail"] and "- **Pleural effusion**: present, small, left" in prior["detail"]
     assert "\n\n\n" not in prior["detail"]
 
 
@@ -232,12 +235,12 @@ def test_analysis_key_is_the_same_with_scores_on_or_off(make_scored_app, engine,
     db = tmp_path / "shared.sqlite3"
     off = make_scored_app(CountingGenerate(engine), None, db=db)
     (first,) = check_response(off.test_client().post(SIGN, json=_sign_42()).get_json())
-    assert cards.SCORES_HEADING not in first["detail"]
+    assert set(_page_scores(review_page(off.test_client(), first)).values()) == {"not scored"}
     generate = CountingGenerate(engine)
     on = make_scored_app(generate, worker.score, db=db)
     (again,) = check_response(on.test_client().post(SIGN, json=_sign_42()).get_json())
-    assert generate.calls == 0 and again["links"] == first["links"]          # the stored analysis, as stored
-    assert cards.SCORES_HEADING not in again["detail"]
+    assert generate.calls == 0 and link_target(again) == link_target(first)   # the stored analysis, as stored
+    assert set(_page_scores(review_page(on.test_client(), again)).values()) == {"not scored"}
 
 
 def test_a_scoring_failure_fails_the_analysis_with_a_notice(make_scored_app, engine):

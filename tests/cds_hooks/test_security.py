@@ -16,6 +16,7 @@ from tests.cds_hooks.loopback import LoopbackServer
 ISS = "https://ehr.example.org"
 OOB_ISS = "https://oob.example.org"
 BASE = "https://cds.example.org"
+SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"      # the browser origin these tests call from (CORS)
 SIGN = f"{BASE}/cds-services/cxr-ai-order-sign"
 
 
@@ -34,7 +35,7 @@ def secure(make_app, jwks_servers, keys):
     good, _ = jwks_servers
     issuers = {ISS: {"jku": [f"{good.url}/jwks.json"]}, OOB_ISS: {"jwks": {"keys": [keys["rs"][1]]}},
                "https://manual-aud.example.org": {"jwks": {"keys": [keys["rs"][1]]}, "audiences": ["sand_man"]}}
-    app = make_app(auth="jwt", trusted_issuers=issuers, jwks_refresh_min_s=3600)
+    app = make_app(auth="jwt", trusted_issuers=issuers, jwks_refresh_min_s=3600, cors_origins=(SANDBOX_ORIGIN,))
     return app, app.test_client()
 
 
@@ -49,7 +50,8 @@ def _post(client, token=None, url="/cds-services/cxr-ai-order-sign", body=None, 
 
 
 def _es(keys, jwks_servers, **kw):
-    kw.setdefault("jku", f"{jwks_servers[0].url}/jwks.json")
+    if "jku" not in kw:
+        kw["jku"] = f"{jwks_servers[0].url}/jwks.json"
     kw.setdefault("aud", SIGN)
     return mint(keys["es"][0], **kw)
 
@@ -133,16 +135,20 @@ def test_replayed_jti_is_refused_by_another_app_on_the_same_store(make_app, tmp_
     assert _post(two, token).status_code == 401
 
 
-def test_unknown_kid_refetches_once_then_rate_limits(secure, keys, jwks_servers):
-    app, client = secure
+def test_unknown_kid_refetches_once_per_interval(make_app, keys, jwks_servers):
     good, _ = jwks_servers
+    app = make_app(auth="jwt", trusted_issuers={ISS: {"jku": [f"{good.url}/jwks.json"]}}, jwks_refresh_min_s=1)
+    client = app.test_client()
     assert _post(client, _es(keys, jwks_servers)).status_code == 200
     assert good.paths() == ["/jwks.json"]                                              # cached from now on
     assert _post(client, _es(keys, jwks_servers)).status_code == 200
     assert len(good.requests) == 1
     good.routes["/jwks.json"] = (200, {"keys": [keys["es"][1], keys["es2"][1]]})       # the client rotates
-    rotated = mint(keys["es2"][0], kid="es-2", aud=SIGN, jku=f"{good.url}/jwks.json")
-    assert _post(client, rotated).status_code == 200                                   # 56
+    rotated = lambda: mint(keys["es2"][0], kid="es-2", aud=SIGN, jku=f"{good.url}/jwks.json")
+    assert _post(client, rotated()).status_code == 401          # within the interval of the last fetch: none
+    assert len(good.requests) == 1
+    time.sleep(1.1)
+    assert _post(client, rotated()).status_code == 200                                 # 56: one refetch
     assert len(good.requests) == 2
     forged = mint(keys["es"][0], kid="es-9", aud=SIGN, jku=f"{good.url}/jwks.json")
     assert _post(client, forged).status_code == 401
@@ -166,14 +172,14 @@ def test_cors_preflight_without_token_and_headers_on_errors(secure):
         assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
         assert "Content-Type" in r.headers["Access-Control-Allow-Headers"]
         assert "GET" in r.headers["Access-Control-Allow-Methods"] and "POST" in r.headers["Access-Control-Allow-Methods"]
-    origin = {"Origin": "https://sandbox.cds-hooks.org"}
+    origin = {"Origin": SANDBOX_ORIGIN}
     r = client.post("/cds-services/cxr-ai-order-sign", json=_body(), headers=origin)       # 60: 401
-    assert r.status_code == 401 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.status_code == 401 and r.headers["Access-Control-Allow-Origin"] == SANDBOX_ORIGIN
 
 
 def test_cors_origin_allowlist(make_app):
     client = make_app(cors_origins=("https://sandbox.cds-hooks.org",)).test_client()
-    r = client.post("/cds-services/cxr-ai-order-sign", data="not json",
+    r = client.post("/cds-services/cxr-ai-order-sign", data="not json", content_type="application/json",
                     headers={"Origin": "https://sandbox.cds-hooks.org"})                    # 60: 400
     assert r.status_code == 400
     assert r.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
@@ -397,3 +403,163 @@ def test_sandbox_token_is_refused_unless_its_issuer_and_key_are_configured(make_
     assert r.status_code == 401 and "jku is not on the allowlist of issuer https://sandbox.cds-hooks.org" in caplog.text
     for app in (untrusted, pinned, elsewhere):
         assert app.extensions["cxr_cds"].verifier.jwks.fetches == 0
+
+
+# --- issue 11: key sets by normalised URL, single flight, bounded waits, bounded cache; token lifetime ---------
+def _spellings(url: str) -> list[str]:
+    """12 spellings of one allowlisted JWK Set URL that normalise to it (case, default port, slashes)."""
+    scheme, rest = url.split("://")
+    host, path = rest.split("/", 1)
+    return [f"{scheme}://{host}/{path}", f"{scheme.upper()}://{host}/{path}", f"{scheme}://{host}//{path}",
+            f"{scheme}://{host}/{path}/", f"{scheme}://{host}/{path}//", f"{scheme}://{host}///{path}",
+            f"HtTp://{host}/{path}", f"{scheme}://{host}/{path}?", f"{scheme}://{host}//{path}/",
+            f"{scheme}://{host}/{path}///", f"{scheme.upper()}://{host}//{path}//", f"http://{host}/{path}#frag"]
+
+
+def test_normalise_url_spellings():
+    from cds_hooks.security import normalise_url
+
+    assert normalise_url("HTTPS://Keys.Example.ORG:443//jwks//set.json/") == "https://keys.example.org/jwks/set.json"
+    assert normalise_url("http://127.0.0.1:80/a") == "http://127.0.0.1/a"
+    assert normalise_url("http://127.0.0.1:8080/a") == "http://127.0.0.1:8080/a"
+    assert normalise_url("https://keys.example.org/jwks?v=1") != normalise_url("https://keys.example.org/jwks?v=2")
+    assert normalise_url("sand_man") == "sand_man"                     # a manually configured aud
+
+
+def _parallel(calls):
+    import threading
+
+    results = [None] * len(calls)
+
+    def run(i, call):
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_spelling_variants_of_an_allowlisted_jku_make_one_fetch_per_interval(make_app, keys):
+    slow = LoopbackServer()
+    slow.routes["/jwks.json"] = (200, {"keys": [keys["es"][1]]}, 1.0)      # a slow key host
+    try:
+        url = f"{slow.url}/jwks.json"
+        app = make_app(auth="jwt", trusted_issuers={ISS: {"jku": [url]}}, jwks_refresh_min_s=3600)
+        variants = _spellings(url)
+        assert len(set(variants)) == 12
+        # 12 unsigned tokens (a forged kid, junk signature) with the 12 spellings, all at once
+        now = int(time.time())
+        forged = [_crafted({"alg": "ES384", "typ": "JWT", "kid": f"forged-{i}", "jku": v},
+                           {"iss": ISS, "aud": SIGN, "exp": now + 300, "iat": now, "jti": f"f{i}"})
+                  for i, v in enumerate(variants)]
+        statuses = _parallel([lambda t=t: _post(app.test_client(), t).status_code for t in forged])
+        assert statuses == [401] * 12
+        assert slow.paths() == ["/jwks.json"]                               # was 12 (one per spelling)
+        # valid tokens with every spelling: served from the one cached set, no further fetch
+        valid = [_es(keys, None, jku=v) for v in variants]
+        assert [_post(app.test_client(), t).status_code for t in valid] == [200] * 12
+        assert slow.paths() == ["/jwks.json"]
+    finally:
+        slow.close()
+
+
+def test_a_slow_key_host_of_one_issuer_does_not_delay_another_issuer(make_app, keys):
+    slow, fast = LoopbackServer(), LoopbackServer()
+    delay = 1.5                                      # under the fetch's 2 s read timeout: it succeeds
+    slow.routes["/jwks.json"] = (200, {"keys": [keys["es"][1]]}, delay)
+    fast.routes["/b.json"] = (200, {"keys": [keys["rs"][1]]})          # issuer B's key set: a remote one too
+    try:
+        issuers = {ISS: {"jku": [f"{slow.url}/jwks.json"]}, OOB_ISS: {"jwks_url": f"{fast.url}/b.json"}}
+        app = make_app(auth="jwt", trusted_issuers=issuers, jwks_refresh_min_s=3600)
+        variants = _spellings(f"{slow.url}/jwks.json")
+        slow_calls = [lambda v=v: _post(app.test_client(), _es(keys, None, jku=v)).status_code for v in variants]
+
+        def other_issuer():
+            time.sleep(0.3)                                              # while A's fetch hangs
+            started = time.monotonic()
+            token = mint(keys["rs"][0], alg="RS384", kid="rs-1", iss=OOB_ISS, aud=SIGN)
+            status = _post(app.test_client(), token).status_code
+            return status, time.monotonic() - started
+
+        *slow_statuses, (status, elapsed) = _parallel(slow_calls + [other_issuer])
+        assert status == 200 and elapsed < delay                         # was 9 s behind one global lock
+        assert slow_statuses == [200] * 12 and slow.paths() == ["/jwks.json"] and fast.paths() == ["/b.json"]
+    finally:
+        slow.close()
+        fast.close()
+
+
+def test_verify_waits_for_a_key_set_no_longer_than_its_budget(make_app, keys):
+    from cds_hooks.errors import Unauthorized
+
+    slow = LoopbackServer()
+    slow.routes["/jwks.json"] = (200, {"keys": [keys["es"][1]]}, 1.2)
+    try:
+        url = f"{slow.url}/jwks.json"
+        app = make_app(auth="jwt", trusted_issuers={ISS: {"jku": [url]}}, jwks_refresh_min_s=3600)
+        verifier = app.extensions["cxr_cds"].verifier
+        started = time.monotonic()
+        with pytest.raises(Unauthorized, match=r"did not answer within 0\.3 s"):
+            verifier.verify(f"Bearer {_es(keys, None, jku=url)}", SIGN, wait_s=0.3)
+        assert time.monotonic() - started < 1.5
+        time.sleep(1.5)                                                   # the fetch went on beside
+        assert verifier.verify(f"Bearer {_es(keys, None, jku=url)}", SIGN, wait_s=0.0)["iss"] == ISS
+        assert slow.paths() == ["/jwks.json"]
+    finally:
+        slow.close()
+
+
+def test_the_key_set_cache_is_bounded_and_refreshed_in_the_background(keys):
+    from cds_hooks.security import JwksCache
+
+    server = LoopbackServer()
+    for name in ("a", "b", "c"):
+        server.routes[f"/{name}.json"] = (200, {"keys": [keys["es"][1]]})
+    try:
+        cache = JwksCache(ttl_s=300, refresh_min_s=0, max_urls=2)
+        for name in ("a", "b", "c", "c", "a"):                      # "a" was evicted by "c": fetched again
+            assert cache.key(f"{server.url}/{name}.json", "es-1")["kid"] == "es-1"
+        assert server.paths() == ["/a.json", "/b.json", "/c.json", "/a.json"]
+        cache.close()
+        refreshed = JwksCache(ttl_s=1, refresh_min_s=0)
+        refreshed.key(f"{server.url}/b.json", "es-1")
+        end = time.monotonic() + 6
+        while server.paths().count("/b.json") < 3 and time.monotonic() < end:
+            time.sleep(0.1)
+        assert server.paths().count("/b.json") >= 3                  # 1 on demand + refreshed before expiry
+        refreshed.close()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("claims, ok", [
+    ({"exp_in": 3500}, True),
+    ({"exp_in": 3700}, False),                                   # lifetime over CXR_CDS_JWT_MAX_LIFETIME_S
+    ({"exp_in": 10 * 365 * 86400}, False),                       # ten years ahead: was accepted
+])
+def test_token_lifetime_is_bounded(secure, keys, jwks_servers, claims, ok):
+    app, client = secure
+    assert (_post(client, _es(keys, jwks_servers, **claims)).status_code == 200) is ok
+
+
+def test_token_lifetime_setting(make_app, keys):
+    app = make_app(auth="jwt", trusted_issuers={OOB_ISS: {"jwks": {"keys": [keys["rs"][1]]}}}, jwt_max_lifetime_s=600)
+    client = app.test_client()
+    assert _post(client, mint(keys["rs"][0], alg="RS384", kid="rs-1", iss=OOB_ISS, aud=SIGN, exp_in=500)).status_code == 200
+    assert _post(client, mint(keys["rs"][0], alg="RS384", kid="rs-1", iss=OOB_ISS, aud=SIGN, exp_in=900)).status_code == 401
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_time_claims_must_be_numbers(make_app, keys, caplog, claim):
+    app = make_app(auth="jwt", trusted_issuers={OOB_ISS: {"jwks": {"keys": [keys["rs"][1]]}}})
+    caplog.set_level("INFO", logger="cds_hooks")
+    now = int(time.time())
+    payload = {"iss": OOB_ISS, "aud": SIGN, "exp": now + 300, "iat": now, "nbf": now, "jti": f"t-{claim}"}
+    payload[claim] = str(payload[claim])                                       # "exp": "1767225600"
+    token = jwt.encode(payload, keys["rs"][0], algorithm="RS384", headers={"kid": "rs-1", "typ": "JWT"})
+    r = _post(app.test_client(), token)
+    assert r.status_code == 401 and r.data == b""
+    assert f"claim {claim} is not a number (NumericDate)" in caplog.text

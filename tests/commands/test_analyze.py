@@ -70,7 +70,7 @@ def test_context_bundle_reaches_the_draft(tmp_path, tiny_model_dir, assert_valid
     context = tmp_path / "context.json"
     context.write_text(json.dumps(bundle))
 
-    out = analyze_json(tiny_model_dir, path, "--context", context)
+    out = analyze_json(tiny_model_dir, path, "--context", context, "--scores")   # scores: an Observation per finding
 
     report = diagnostic_report(out["fhir"])
     assert report["subject"]["reference"] == "Patient/p-1"
@@ -78,6 +78,48 @@ def test_context_bundle_reaches_the_draft(tmp_path, tiny_model_dir, assert_valid
     assert report["code"]["coding"][0]["code"] == "36554-4"
     assert out["study"]["view_position"] == "AP"
     assert_valid_r4(out["fhir"])
+    # the contained Observations point at the same patient as the report
+    observations = [r for r in report["contained"] if r["resourceType"] == "Observation"]
+    assert observations and all(o["subject"] == {"reference": "Patient/p-1"} for o in observations)
+
+
+def _bundle_for(tmp_path, *, mrn: str | None, accession: str | None) -> Path:
+    patient = {"resourceType": "Patient", "id": "p-2", "gender": "female", "birthDate": "1960-01-01"}
+    if mrn:
+        patient["identifier"] = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                        "code": "MR"}]}, "value": mrn}]
+    request = {"resourceType": "ServiceRequest", "id": "sr-2", "status": "active", "intent": "order",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "36643-5"}]},
+               "subject": {"reference": "Patient/p-2"}}
+    if accession:
+        request["identifier"] = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                        "code": "ACSN"}]}, "value": accession}]
+    path = tmp_path / "context.json"
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                                "entry": [{"resource": patient}, {"resource": request}]}))
+    return path
+
+
+@pytest.mark.parametrize("mrn, accession, refused", [
+    ("MRN-OTHER", None, "PatientID is not one of the context Patient's identifiers"),
+    (None, "ACC-OTHER", "AccessionNumber is not the context order's"),
+], ids=["another-patient", "another-order"])
+def test_a_context_bundle_of_another_patient_or_order_is_refused(tmp_path, tiny_model_dir, mrn, accession, refused):
+    ds = syn.make_cxr(view="PA", accession="ACC-CLI-9")
+    ds.PatientID = "MRN-CLI-9"
+    path = syn.write(ds, tmp_path / "pa.dcm")
+    result = CliRunner().invoke(main, ["analyze", str(path), "--context", str(_bundle_for(
+        tmp_path, mrn=mrn, accession=accession)), "--model", str(tiny_model_dir), *TOKENS, "--json"])
+    assert result.exit_code == 1
+    assert refused in result.output and "MRN-CLI-9" not in result.output and "ACC-CLI-9" not in result.output
+
+
+def test_a_context_bundle_of_the_same_patient_and_order_is_used(tmp_path, tiny_model_dir):
+    ds = syn.make_cxr(view="PA", accession="ACC-CLI-8")
+    ds.PatientID = "MRN-CLI-8"
+    path = syn.write(ds, tmp_path / "pa.dcm")
+    out = analyze_json(tiny_model_dir, path, "--context", _bundle_for(tmp_path, mrn="MRN-CLI-8", accession="ACC-CLI-8"))
+    assert diagnostic_report(out["fhir"])["subject"]["reference"] == "Patient/p-2"
 
 
 LOSSLESS = [uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian, uids.DeflatedExplicitVRLittleEndian,

@@ -39,7 +39,8 @@ class ScriptedReader:
 
     identity = {"name": "scripted", "revision": "test", "dtype": "none", "quantization": "none"}
 
-    def __init__(self, reports=None, scores=None, stop_after: int | None = None):
+    def __init__(self, reports=None, scores=None, stop_after: int | None = None, cut: frozenset = frozenset()):
+        self.cut = cut                        # image values whose report "stopped at the token cap"
         self.reports = reports or REPORTS
         self.scores = scores or SCORES
         self.stop_after = stop_after
@@ -63,7 +64,8 @@ class ScriptedReader:
             self.generated.append((r.case_id, r.prompt.key, r.sampling.temperature, r.sampling.top_p, r.repeat,
                                    r.sampling.seed))
             self.prompts_seen.append(r.prompt)
-            out.append(Reading(text=texts[r.repeat % len(texts)], new_tokens=7))
+            out.append(Reading(text=texts[r.repeat % len(texts)], new_tokens=7,
+                               finish_reason="length" if self._value(r.image) in self.cut else "eos"))
         return out
 
     def score(self, image, prompts):

@@ -345,3 +345,14 @@ def test_plan_errors(kwargs, message):
 def test_empty_prompt_list():
     with pytest.raises(PlanError, match="no prompt to evaluate; pass --prompt"):
         Plan(prompts=())
+
+
+def test_reports_cut_at_the_token_cap_are_counted_and_marked(tmp_path, data_dir):
+    reader = ScriptedReader(cut=frozenset({10, 20}))
+    results = _run(data_dir, tmp_path, reader, make_plan(prompts=["report.v1"], bootstrap=0))
+    (run,) = results["runs"]
+    assert run["truncated_at_cap"] == 2
+    with open(tmp_path / "per_image.csv", newline="") as f:
+        reasons = sorted(r["finish_reason"] for r in csv.DictReader(f))
+    assert reasons.count("length") == 2 and set(reasons) == {"eos", "length"}
+    assert "2 report(s) stopped at the token cap" in (tmp_path / "report.html").read_text()

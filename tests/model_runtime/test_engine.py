@@ -95,7 +95,8 @@ def test_batched_greedy_equals_batch_size_one(tiny_engine, images, report_prompt
 def test_result_carries_model_and_prompt_identity_and_timings(tiny_engine, images, report_prompt):
     r = tiny_engine.generate([GenerationRequest(images[0], report_prompt, GREEDY)])[0]
     assert r.model == {"name": tiny_engine.identity.name, "revision": tiny_engine.identity.revision, "dtype": "float32",
-                       "quantization": "none", "prompt_id": "report", "prompt_version": "v1"}
+                       "quantization": "none", "kernel": "torch", "decode": "eager", "prompt_id": "report",
+                       "prompt_version": "v1"}
     assert {"queue_ms", "prefill_ms", "decode_ms"} <= set(r.timings)
     assert r.finish_reason == "length" and r.new_tokens == len(r.token_ids) == 12
     assert set(r.to_json()) >= {"text", "token_ids", "prompt_token_ids", "timings", "model"}
@@ -111,8 +112,8 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batching(tiny_engine
 
 def test_new_token_cap_is_the_originals_rule(tiny_engine):
     # min(512, 2048 - prompt - 1) with the original's constant 2048 context, whatever the checkpoint's
-    # max_position_embeddings (512 in the tiny config)
-    assert tiny_engine.model.config.text_config.max_position_embeddings == 512
+    # max_position_embeddings (2048 in the tiny config, 4096 in Llama 2's)
+    assert tiny_engine.model.config.text_config.max_position_embeddings == 2048
     assert tiny_engine.max_new_tokens(400, GenerationSettings()) == 512
     assert tiny_engine.max_new_tokens(1121, GenerationSettings()) == 512   # the real report prompt
     assert tiny_engine.max_new_tokens(1600, GenerationSettings()) == 447
@@ -186,6 +187,31 @@ def test_quantized_load_and_generate_on_cpu(tiny_model_dir, images, report_promp
     assert kept and all(type(m) in (torch.nn.Linear,) or type(m).__name__ == "LinearActivation" for m in kept)
     r = engine.generate([GenerationRequest(images[0], report_prompt, GenerationSettings(temperature=0, max_new_tokens=4))])[0]
     assert r.new_tokens == 4 and r.model["quantization"] == quantization
+    if quantization == "4bit":
+        # bitsandbytes repacks 4-bit weights on first use on CPUs with AVX512-BF16 (a different kernel);
+        # say which path this machine ran, so a failure on one CPU family is read as such
+        from bitsandbytes.functional import has_avx512bf16
+
+        packed = [getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                  for n, m in engine.model.named_modules() if type(m).__name__ == "Linear4bit"]
+        path = "packed AVX512-BF16" if has_avx512bf16() else "generic"
+        print(f"bitsandbytes 4-bit CPU path: {path}")
+        assert all(packed) if has_avx512bf16() else not any(packed), path
+
+
+def test_tiny_model_fits_every_bitsandbytes_cpu_path(tiny_model_dir):
+    """On any CPU: every 4-bit-quantized dimension meets the packed (AVX512-BF16) path's constraints.
+
+    That path repacks each weight (N out, K in) in 32-row blocks of 64-wide NF4 blocks: N % 32 == 0,
+    K even and the weight a whole number of 64-value blocks. Checked from the config, not the CPU.
+    """
+    config = json.loads((tiny_model_dir / "config.json").read_text())["llama"]
+    h, i = config["hidden_size"], config["intermediate_size"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    shapes = {"q_proj": (h, h), "k_proj": (kv * h // heads, h), "v_proj": (kv * h // heads, h), "o_proj": (h, h),
+              "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+    for name, (n, k) in shapes.items():
+        assert n % 32 == 0 and k % 2 == 0 and (n * k) % 64 == 0 and k >= 64, (name, n, k)
 
 
 def test_engine_rejects_a_16_bit_image(tiny_engine, report_prompt):
@@ -220,8 +246,10 @@ def test_static_decode_gives_the_eager_greedy_tokens_at_batch_1_and_3(tiny_engin
     assert [r.text for r in static] == [r.text for r in eager]
     # same result shape: token counts, finish reasons, identity, timings with the prefill/decode split
     for s, e in zip(static, eager):
-        assert (s.new_tokens, s.prompt_tokens, s.finish_reason, s.model) == (e.new_tokens, e.prompt_tokens,
-                                                                             e.finish_reason, e.model)
+        assert (s.new_tokens, s.prompt_tokens, s.finish_reason) == (e.new_tokens, e.prompt_tokens, e.finish_reason)
+        # the identities differ only in the decode path (part of the identity: drafts are not reused across it)
+        assert {**s.model, "decode": "-"} == {**e.model, "decode": "-"} and (s.model["decode"], e.model["decode"]) \
+            == ("static", "eager")
         assert set(s.timings) == set(e.timings) >= {"preprocess_ms", "prefill_ms", "decode_ms", "queue_ms"}
 
 
@@ -251,7 +279,9 @@ def test_static_cache_is_reset_between_batches_of_other_shapes(tiny_static_engin
 def test_both_decodes_stop_on_eos_row_by_row(tiny_engine, tiny_static_engine, images, report_prompt,
                                             question_prompt):
     three = _batch3(images, report_prompt, question_prompt, GREEDY)
-    free = tiny_engine.generate(three)
+    # past the real EOS too: once EOS is another token, a row that stopped at the real one goes on
+    free = tiny_engine.generate(_batch3(images, report_prompt, question_prompt,
+                                        GenerationSettings(temperature=0.0, max_new_tokens=12, ignore_eos=True)))
     # Make a token the row-0 greedy text produces at step 3 the EOS: rows then stop at different steps.
     eos = free[0].token_ids[3]
     expected = []
