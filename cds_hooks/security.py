@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import jwt
 import requests
 
-from cds_hooks.errors import Unauthorized
+from cds_hooks.errors import CdsHooksError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -319,11 +319,17 @@ class JwtVerifier:
         ------
         Unauthorized
             For any failure, unexpected ones included; the message is for the log only.
+        store.StoreUnavailable
+            The token is valid but its ``jti`` could not be recorded (503: our outage, never a 401).
         """
         try:
             return self._verify(authorization, audience, wait_s)
         except Unauthorized:
             raise
+        except CdsHooksError as e:
+            if e.status == 503:          # the replay store cannot be written: our outage, not a bad token
+                raise
+            raise Unauthorized(f"JWT refused: {e.code}") from None
         except Exception as e:          # fail closed: a crafted token must never become a 500
             log.warning("JWT verification failed unexpectedly: %s", type(e).__name__)
             raise Unauthorized(f"JWT refused: unexpected {type(e).__name__} during verification") from None
