@@ -17,7 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Mapping
 
-from fhir_mapping import for_patient
+from fhir_mapping import for_patient, with_comparison
+from prompts.compare import Comparison
 from prompts.findings import PRIMARY_FINDINGS
 
 Indicator = Literal["info", "warning", "critical"]
@@ -41,7 +42,8 @@ DISCLAIMER = ("**AI-generated draft for clinician review, not a final report**: 
 class CardSettings:
     """What the card builder needs from the service settings and the request.
 
-    ``review_link(analysis_id, card_uuid) -> url`` makes the signed, expiring review-page URL that
+    ``review_link(analysis_id, card_uuid[, prior_analysis_id]) -> url`` makes the signed, expiring review-page URL
+    (naming the compared prior's draft when there is one) that
     every card about an analysis links to (``cds_hooks.review``); None: no link (unit tests, tools).
     """
 
@@ -49,7 +51,7 @@ class CardSettings:
     source_label: str
     source_url: str
     critical_findings: tuple[str, ...] = ("pneumothorax",)
-    review_link: Callable[[str, str], str] | None = None
+    review_link: Callable[..., str] | None = None
 
 
 def _label(name: str) -> str:
@@ -204,15 +206,37 @@ def truncated(model: Mapping[str, Any]) -> bool:
     return (model or {}).get("finish_reason", "eos") == "length"
 
 
-def _common(cfg: CardSettings, analysis: Any, card_uuid: str) -> dict:
+def _common(cfg: CardSettings, analysis: Any, card_uuid: str, *, prior_analysis_id: str | None = None) -> dict:
     common: dict[str, Any] = {
         "source": {"label": cfg.source_label, "url": cfg.source_url},
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
     }
     if cfg.review_link is not None:
+        # a compared prior's draft is named in the signed link: the page shows both images side by side
+        url = (cfg.review_link(analysis.analysis_id, card_uuid, prior_analysis_id) if prior_analysis_id
+               else cfg.review_link(analysis.analysis_id, card_uuid))
         common["links"] = [{"label": "Review the AI draft: image, evidence, agree or correct",
-                            "url": cfg.review_link(analysis.analysis_id, card_uuid), "type": "absolute"}]
+                            "url": url, "type": "absolute"}]
     return common
+
+
+def _report_with_prior(report: dict, prior: PriorComparison) -> dict:
+    """The suggested DiagnosticReport with the comparison (or why there is none) recorded."""
+    from datetime import date
+
+    when = date.fromisoformat(prior.prior_date) if prior.prior_date else None
+    if prior.status == "compared" and prior.comparison is not None and prior.prior_study_instance_uid:
+        return with_comparison(report, prior.comparison, prior_study_instance_uid=prior.prior_study_instance_uid,
+                               prior_date=when)
+    of = f" of {prior.prior_date}" if prior.prior_date else ""
+    reason = f" ({clean_text(prior.reason)})" if prior.reason else ""
+    note = {"none": f"none (no earlier chest radiograph within {prior.max_days} days).",
+            "pending": f"not made: the prior study{of} had no AI draft yet when this draft was offered.",
+            "unreadable": f"not made: the prior study{of} could not be read by the AI{reason}.",
+            "unavailable": f"not made: earlier studies could not be looked up{reason}.",
+            "other_version": f"not made: the prior study's AI draft{of} is by another model or prompt version.",
+            }.get(prior.status, "not made.")
+    return with_comparison(report, None, note=note)
 
 
 def _detail(analysis: Any, cfg: CardSettings, *notes: str) -> str:
@@ -224,6 +248,97 @@ def _detail(analysis: Any, cfg: CardSettings, *notes: str) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+# --- the comparison with the prior study (two AI drafts compared, not the images) -----------------------
+PriorStatus = Literal["compared", "none", "pending", "unreadable", "unavailable", "other_version"]
+
+
+@dataclass(frozen=True)
+class PriorComparison:
+    """What a draft card says about the prior study: the comparison, or in one line why there is none.
+
+    ``status``: ``compared`` (``comparison`` set), ``none`` (no earlier chest radiograph within
+    ``max_days``), ``pending`` (the prior's draft, or the PACS search, is not finished), ``unreadable``
+    (the prior's analysis failed: ``reason``), ``unavailable`` (the prior could not be looked up:
+    ``reason``), ``other_version`` (the two drafts are by different model or prompt versions).
+    ``reason`` is identifier-free (an error code and our own message).
+    """
+
+    status: PriorStatus
+    prior_date: str | None = None                  # ISO date of the prior study
+    comparison: Comparison | None = None
+    prior_study_instance_uid: str | None = None
+    prior_analysis_id: str | None = None
+    reason: str | None = None
+    max_days: int = 365
+
+
+#: The card's words for each change, and the order the change line names them in.
+_CHANGE_WORDS = {"new": "new", "worse": "worse", "resolved": "resolved", "better": "better",
+                 "unchanged": "unchanged", "not_comparable": "not comparable"}
+COMPARED_NOTICE = "two AI drafts compared, not the images"
+
+
+def _change_phrase(item: Any) -> str:
+    word = _CHANGE_WORDS[item.change]
+    if item.change == "resolved":
+        return f"{word} {markdown_text(_finding_phrase(item.prior))}"
+    if item.change in ("worse", "better", "not_comparable"):
+        return f"{word} {_label(item.name)} ({markdown_text(item.reason)})"
+    return f"{word} {markdown_text(_finding_phrase(item.current))}"
+
+
+def change_line(prior: PriorComparison) -> str:
+    """The card's one line about the prior: ``Change since 2026-11-20 (...): new right pleural effusion; ...``.
+
+    New and worse findings first, then resolved, better, unchanged (present in both), not comparable.
+    """
+    when = prior.prior_date or "an undated prior"
+    if prior.status == "none":
+        return f"No earlier chest radiograph within {prior.max_days} days to compare with."
+    if prior.status == "pending":
+        if prior.prior_date:
+            return (f"Comparison with the prior of {prior.prior_date} pending: its AI draft is being made; "
+                    "the next time this order or chart is opened shows the change.")
+        return ("Comparison with an earlier chest radiograph pending: the PACS search for earlier studies did "
+                "not finish in time; the next call shows it.")
+    if prior.status == "unreadable":
+        return (f"No comparison: the prior chest radiograph of {when} could not be read by the AI "
+                f"({markdown_text(prior.reason or 'analysis failed')}).")
+    if prior.status == "unavailable":
+        return ("No comparison with an earlier chest radiograph: it could not be looked up "
+                f"({markdown_text(prior.reason or 'PACS search failed')}).")
+    if prior.status == "other_version":
+        return (f"No comparison: the prior's AI draft of {when} was made by another model or prompt version; "
+                "it is drafted again for the next call.")
+    assert prior.comparison is not None
+    items = [i for i in prior.comparison.ordered()
+             if not (i.change == "unchanged" and i.current.presence != "present")]
+    said = "; ".join(_change_phrase(i) for i in items) or "no change in the findings the two drafts name"
+    return f"**Change since {when}** ({COMPARED_NOTICE}): {said}."
+
+
+def _change_evidence(prior: PriorComparison) -> str:
+    """One bullet per new, worse, resolved or better finding: the phrase of each report."""
+    if prior.status != "compared" or prior.comparison is None:
+        return ""
+    lines = []
+    for item in prior.comparison.of("new", "worse", "resolved", "better"):
+        now = f"now “{markdown_text(short_phrase(item.current_evidence))}”" if item.current_evidence else "now not stated"
+        before = (f"before “{markdown_text(short_phrase(item.prior_evidence))}”" if item.prior_evidence
+                  else "before not stated")
+        lines.append(f"- {_label(item.name).capitalize()} ({_CHANGE_WORDS[item.change]}): {now}; {before}")
+    return "\n".join(lines)
+
+
+def _rise(indicator: Indicator, prior: PriorComparison | None, critical: Iterable[str]) -> Indicator:
+    """``critical`` when a critical finding is new (or worse) since the prior; otherwise unchanged."""
+    if prior is None or prior.comparison is None:
+        return indicator
+    if any(i.name in set(critical) for i in prior.comparison.of("new", "worse")):
+        return "critical"
+    return indicator
+
+
 UNVERIFIED_PATIENT = ("**The patient match could not be verified**: the EHR sent no medical record number "
                       "usable as a DICOM PatientID, or the PACS did not return the study's PatientID, so this "
                       "draft is shown for reading only and is not offered for the chart. Check that the image "
@@ -231,7 +346,8 @@ UNVERIFIED_PATIENT = ("**The patient match could not be verified**: the EHR sent
 
 
 def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_id: str | None = None,
-               verified: bool = True, context_note: str | None = None) -> dict:
+               verified: bool = True, context_note: str | None = None,
+               prior: PriorComparison | None = None) -> dict:
     """The card for the ordered study: findings, study read, and a ``create`` DiagnosticReport suggestion.
 
     Parameters
@@ -250,6 +366,10 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
         nothing unverified is offered for the chart.
     context_note : str, optional
         A markdown sentence shown after the disclaimer (e.g. the draft was made without the order's context).
+    prior : PriorComparison, optional
+        The comparison with the prior study's AI draft (or why there is none): one line on the card, the
+        indicator raised for a new critical finding, and recorded in the suggested DiagnosticReport
+        (``fhir_mapping.with_comparison``). None: no prior was looked up (no line).
 
     Returns
     -------
@@ -264,13 +384,18 @@ def draft_card(analysis: Any, cfg: CardSettings, *, patient_id: str, encounter_i
     # Observations) gets subject and encounter; the stored one is never mutated
     report = for_patient(analysis.diagnostic_report, patient_reference=f"Patient/{patient_id}",
                          encounter_reference=f"Encounter/{encounter_id}" if encounter_id else None)
+    if prior is not None:
+        report = _report_with_prior(report, prior)
     card_uuid = str(uuid.uuid4())
+    notes = ["" if verified else UNVERIFIED_PATIENT, context_note or ""]
+    if prior is not None:
+        notes += [change_line(prior), _change_evidence(prior)]
     card = {
         "uuid": card_uuid,
         "summary": summary,
-        "indicator": indicator_for(findings, cfg.critical_findings),
-        "detail": _detail(analysis, cfg, "" if verified else UNVERIFIED_PATIENT, context_note or ""),
-        **_common(cfg, analysis, card_uuid),
+        "indicator": _rise(indicator_for(findings, cfg.critical_findings), prior, cfg.critical_findings),
+        "detail": _detail(analysis, cfg, *notes),
+        **_common(cfg, analysis, card_uuid, prior_analysis_id=prior.prior_analysis_id if prior else None),
     }
     if not verified:
         return card

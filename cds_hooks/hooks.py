@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,12 +38,12 @@ from cds_hooks.context import HookData, gather
 from cds_hooks.errors import CdsHooksError
 from cds_hooks.feedback import parse_feedback
 from cds_hooks.jobs import AnalysisFailed, Obtained
-from cds_hooks.pipeline import Plan
+from cds_hooks.pipeline import Plan, model_key
 from cds_hooks.services import (HookRequest, Service, candidate_orders, discovery, get_service,
                                 is_chest_xray, parse_request)
 from fhir_mapping import patient_mrns, read_context, read_order
 from imaging import ImagingError, ImagingUnavailable, StudyMatch, StudyNotFound
-from prompts import ClinicalContext
+from prompts import ClinicalContext, compare_findings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Outcome:
     ordered: cards.OrderedStudy = "not-acquired"
     accession_number: str | None = None
     note: str | None = None          # said on the card (e.g. the PACS could not be reached)
+    prior: Future | None = None      # -> jobs.PriorLookup: the prior study and its analysis (comparison)
 
 
 PACS_UNREACHABLE_NOTE = ("**The PACS could not be reached**: this is the stored AI draft of the ordered study; "
@@ -157,7 +159,8 @@ def evaluate(req: HookRequest, service: Service, state: Any) -> list[Outcome]:
             continue
         outcomes.append(Outcome(kind="draft", plan=plan,
                                 obtained=analyzer.obtain(plan, context, accession_number=info.accession_number),
-                                verified=match == "verified", context_key=context.key()))
+                                verified=match == "verified", context_key=context.key(),
+                                prior=_look_up_prior(analyzer, plan)))
 
     if need_prior and not any(o.kind == "draft" and o.plan for o in outcomes):
         ordered = unread.pop() if len(unread) == 1 else "unmatched"
@@ -180,6 +183,77 @@ def _prior(data: HookData, state: Any, *, kind: Literal["prior", "latest"],
         return [Outcome(kind=kind, plan=plan, obtained=state.analyzer.obtain(plan, context),
                         context_key=context.key(), ordered=ordered)]
     return []
+
+
+#: how long a hook whose draft was stored waits for the prior's analysis before saying "pending"
+PRIOR_GRACE_S = 0.3
+
+
+def _look_up_prior(analyzer: Any, plan: Plan) -> Future | None:
+    """Start finding the prior study and obtaining its analysis (QIDO-RS, then stored or queued) in parallel."""
+    try:
+        return analyzer.hook_pool.submit(analyzer.obtain_prior, plan)
+    except RuntimeError:            # the pool is shut down (service stopping): no comparison, nothing fails
+        return None
+
+
+def _same_versions(a: Any, b: Any) -> bool:
+    """Whether two analyses were drafted by the same model (``model_key``) and prompt version."""
+    return (model_key(a.model) == model_key(b.model)
+            and (a.model.get("prompt_id"), a.model.get("prompt_version"))
+            == (b.model.get("prompt_id"), b.model.get("prompt_version")))
+
+
+def _prior_comparison(outcome: Outcome, analysis: Any, state: Any, deadline: float,
+                      hook_instance: str) -> cards.PriorComparison:
+    """The comparison with the prior study's draft, or in one line why there is none; never raises.
+
+    Computed at hook time from the two stored analyses (not stored itself). Waits for the prior's
+    analysis at most until the hook's ``deadline``, and only briefly (``PRIOR_GRACE_S``) when the current
+    draft was already stored: a stored draft answers fast, and a prior still being analysed says
+    "pending" (the job goes on; the next call carries the comparison).
+    """
+    from cds_hooks.store import QueueFull
+
+    if outcome.obtained is not None and outcome.obtained.stored:
+        deadline = min(deadline, time.monotonic() + PRIOR_GRACE_S)
+    max_days = state.settings.prior_max_days
+    tag = hook_instance_tag(hook_instance)
+    try:
+        lookup = outcome.prior.result(timeout=max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        return cards.PriorComparison("pending", max_days=max_days)
+    except ImagingError as e:
+        log.info("hookInstance=%s no comparison with a prior: %s: %s", tag, e.code, scrub(one_line(str(e))))
+        return cards.PriorComparison("unavailable", reason=e.code, max_days=max_days)
+    except QueueFull:
+        log.info("hookInstance=%s prior's analysis not queued: the job queue is full", tag)
+        return cards.PriorComparison("unavailable", reason="the service is busy", max_days=max_days)
+    except Exception as e:          # a bug or a failing store: the draft card stands without a comparison
+        _log_unexpected("prior look-up failed", hook_instance, e)
+        return cards.PriorComparison("unavailable", reason=type(e).__name__, max_days=max_days)
+    if lookup.plan is None:
+        return cards.PriorComparison("none", max_days=lookup.max_days)
+    when = lookup.plan.study.study_date
+    date_text = when.isoformat() if when else None
+    try:
+        prior = state.analyzer.wait(lookup.obtained, deadline)
+    except AnalysisFailed as e:
+        log.info("hookInstance=%s prior study not readable: %s", tag, e.code)
+        return cards.PriorComparison("unreadable", prior_date=date_text, reason=e.code, max_days=max_days)
+    except Exception as e:
+        _log_unexpected("waiting for the prior's analysis failed", hook_instance, e)
+        return cards.PriorComparison("unavailable", prior_date=date_text, reason=type(e).__name__,
+                                     max_days=max_days)
+    if prior is None:
+        return cards.PriorComparison("pending", prior_date=date_text, max_days=max_days)
+    if not _same_versions(analysis, prior):
+        return cards.PriorComparison("other_version", prior_date=date_text, max_days=max_days)
+    return cards.PriorComparison(
+        "compared", prior_date=date_text, max_days=max_days,
+        comparison=compare_findings(analysis.findings, prior.findings, prior_date=when),
+        prior_study_instance_uid=prior.study.get("study_instance_uid") or lookup.plan.study.study_instance_uid,
+        prior_analysis_id=prior.analysis_id)
 
 
 def _card_settings(state: Any) -> cards.CardSettings:
@@ -258,8 +332,10 @@ def _answers(outcomes: list[Outcome], req: HookRequest, service: Service, state:
                 continue
         note = " ".join(n for n in (outcome.note, _context_note(analysis, outcome)) if n) or None
         if outcome.kind == "draft":
+            prior = (None if outcome.prior is None
+                     else _prior_comparison(outcome, analysis, state, deadline, req.hook_instance))
             card = cards.draft_card(analysis, cfg, patient_id=req.patient_id, encounter_id=req.encounter_id,
-                                    verified=outcome.verified, context_note=note)
+                                    verified=outcome.verified, context_note=note, prior=prior)
         else:
             card = cards.prior_card(analysis, cfg, latest=outcome.kind == "latest", ordered=outcome.ordered,
                                     context_note=note)

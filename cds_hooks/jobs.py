@@ -23,7 +23,7 @@ from cds_hooks.pipeline import Analysis, Plan, analysis_key, model_key, plan_stu
 from cds_hooks.runtime import Runtime
 from cds_hooks.settings import Settings
 from cds_hooks.store import BACKFILL, HOOK, PRECOMPUTE, JobState
-from imaging import Selection, StudyMatch
+from imaging import Selection, StudyMatch, find_prior
 from prompts import ClinicalContext
 
 if TYPE_CHECKING:                     # the worker process imports this module without Flask
@@ -31,7 +31,7 @@ if TYPE_CHECKING:                     # the worker process imports this module w
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Analyzer", "Obtained", "AnalysisFailed", "Poller", "plan_to_json", "plan_from_json",
+__all__ = ["Analyzer", "Obtained", "PriorLookup", "AnalysisFailed", "Poller", "plan_to_json", "plan_from_json",
            "accession_tag", "HOOK", "PRECOMPUTE", "BACKFILL"]
 
 
@@ -62,6 +62,15 @@ class Obtained:
     @property
     def stored(self) -> bool:
         return self.analysis is not None
+
+
+@dataclass(frozen=True)
+class PriorLookup:
+    """The prior study of a study (``plan``; None: none within ``max_days``) and its analysis, stored or queued."""
+
+    plan: Plan | None
+    obtained: Obtained | None = None
+    max_days: int = 365
 
 
 def accession_tag(accession_number: str | None) -> str | None:
@@ -110,7 +119,7 @@ class Analyzer:
         self.store = runtime.store
         # hook evaluations (FHIR fallback + QIDO-RS) run here so a hook can stop waiting at its deadline
         self.hook_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cxr-hook")
-        self._plans: dict[tuple, tuple[float, Plan]] = {}
+        self._plans: dict[tuple, tuple[float, Any]] = {}   # plans and priors found, with when
         self._planning: dict[tuple, Future] = {}          # single-flight QIDO-RS look-ups
         self._lock = threading.Lock()                     # guards the two dicts only: no I/O under it
         self._done = threading.Condition()                # a local worker signals each finished job
@@ -134,7 +143,11 @@ class Analyzer:
         Only found studies are remembered; "not found" is asked again each time (it may arrive any
         moment). Concurrent identical look-ups share one PACS query (a slow PACS is asked once).
         """
-        key = tuple(sorted(criteria.items()))
+        return self._remembered(("plan", *sorted(criteria.items())),
+                                lambda: plan_study(self.runtime.source, **criteria))
+
+    def _remembered(self, key: tuple, compute: Any) -> Any:
+        """``compute()`` remembered for ``plan_ttl_s`` under ``key``; concurrent calls share one run."""
         now = time.monotonic()
         with self._lock:
             hit = self._plans.get(key)
@@ -148,7 +161,7 @@ class Analyzer:
         if not owner:
             return future.result()
         try:
-            plan = plan_study(self.runtime.source, **criteria)
+            plan = compute()
         except BaseException as e:
             future.set_exception(e)
             with self._lock:
@@ -162,6 +175,57 @@ class Analyzer:
             self._planning.pop(key, None)
         future.set_result(plan)
         return plan
+
+    # -- the prior study (comparison) ---------------------------------------------------------------
+    def prior(self, plan: Plan) -> Plan | None:
+        """The prior of ``plan``'s study (``imaging.find_prior``, QIDO-RS), remembered for ``plan_ttl_s``.
+
+        ``plan.study`` must carry the PACS's PatientID and StudyDate (a plan from QIDO-RS does; a job
+        payload's does not).
+
+        Raises
+        ------
+        imaging.ImagingError
+            ``PriorUnknown`` (no StudyDate or PatientID on the study) or the PACS failed.
+        """
+        max_days = self.settings.prior_max_days
+        study = plan.study
+
+        def look_up() -> Plan | None:
+            found = find_prior(self.runtime.source, study, max_days=max_days)
+            return None if found is None else Plan(study=found.study, selection=found.selection)
+        return self._remembered(("prior", study.study_instance_uid, max_days), look_up)
+
+    def obtain_prior(self, plan: Plan) -> PriorLookup:
+        """The prior of ``plan``'s study and its context-free analysis: stored, else queued at PRECOMPUTE.
+
+        Only an analysis by this model and prompt version counts (``stored``): a prior drafted by
+        another version is analysed again, never compared. Never waits.
+
+        Raises
+        ------
+        imaging.ImagingError
+            As :meth:`prior`.
+        store.QueueFull
+            Too many precomputes wait already.
+        """
+        prior = self.prior(plan)
+        if prior is None:
+            return PriorLookup(plan=None, max_days=self.settings.prior_max_days)
+        return PriorLookup(plan=prior, obtained=self.obtain(prior, ClinicalContext(), priority=PRECOMPUTE),
+                           max_days=self.settings.prior_max_days)
+
+    def warm_prior(self, plan: Plan) -> PriorLookup | None:
+        """Queue the prior's analysis (study arrival) so a later hook can compare at once; never raises."""
+        from cds_hooks.store import QueueFull
+        from imaging import ImagingError
+
+        try:
+            return self.obtain_prior(plan)
+        except (ImagingError, QueueFull) as e:
+            log.info("prior of study %s not queued: %s", plan.study.study_instance_uid,
+                     getattr(e, "code", type(e).__name__))
+            return None
 
     # -- stored analyses and jobs ------------------------------------------------------------------
     def key(self, plan: Plan, context: ClinicalContext) -> str:
@@ -256,7 +320,7 @@ class Analyzer:
             self._done.notify_all()
 
     def analyze_study(self, study_instance_uid: str, *, priority: int = PRECOMPUTE) -> Obtained:
-        """Study-arrival clock: plan (QIDO-RS) and queue the context-free analysis of one study.
+        """Study-arrival clock: plan (QIDO-RS) and queue the context-free analysis of one study, and its prior's.
 
         Raises
         ------
@@ -266,7 +330,10 @@ class Analyzer:
             Too many precomputes wait already.
         """
         plan = plan_study(self.runtime.source, study_instance_uid=study_instance_uid)   # fresh: it just arrived
-        return self.obtain(plan, ClinicalContext(), priority=priority)
+        obtained = self.obtain(plan, ClinicalContext(), priority=priority)
+        # the comparison's other half, queued behind it; looked up off this call (more QIDO-RS), never waited for
+        self.hook_pool.submit(self.warm_prior, plan)
+        return obtained
 
     def study_status(self, study_instance_uid: str) -> dict | None:
         """Where a study's work stands (``GET /studies/{uid}``): its most recent job, or its stored draft."""

@@ -88,13 +88,23 @@ class ReviewLinks:
         self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
         self.ttl_s = ttl_s
 
-    def token(self, analysis_id: str, card_uuid: str) -> str:
-        """A signed, timestamped token naming one analysis and the card that links to it."""
-        return self._serializer.dumps({"a": analysis_id, "c": card_uuid})
+    def token(self, analysis_id: str, card_uuid: str, prior_analysis_id: str | None = None) -> str:
+        """A signed, timestamped token naming one analysis, the card that links to it and the compared prior's."""
+        claims = {"a": analysis_id, "c": card_uuid}
+        if prior_analysis_id:
+            claims["p"] = prior_analysis_id
+        return self._serializer.dumps(claims)
 
-    def url(self, base_url: str, analysis_id: str, card_uuid: str) -> str:
+    def url(self, base_url: str, analysis_id: str, card_uuid: str, prior_analysis_id: str | None = None) -> str:
         """The absolute review-page URL for a card."""
-        return f"{base_url}/review/{analysis_id}?token={self.token(analysis_id, card_uuid)}"
+        return f"{base_url}/review/{analysis_id}?token={self.token(analysis_id, card_uuid, prior_analysis_id)}"
+
+    def prior(self, analysis_id: str, token: str | None) -> str | None:
+        """The compared prior's analysis id a valid token names, if any (raises like :meth:`check`)."""
+        self.check(analysis_id, token)
+        claims = self._serializer.loads(token, max_age=self.ttl_s)
+        prior = claims.get("p")
+        return prior if isinstance(prior, str) and prior else None
 
     def check(self, analysis_id: str, token: str | None) -> str:
         """The card uuid a valid token for ``analysis_id`` carries.
@@ -148,7 +158,8 @@ def init_app(app: Flask, settings: Settings, store: Any) -> Review:
 def link_maker(base_url: str) -> Callable[[str, str], str]:
     """``(analysis_id, card_uuid) -> review URL`` for :class:`cds_hooks.cards.CardSettings` (inside a request)."""
     links = current_app.extensions["cxr_cds_review"].links
-    return lambda analysis_id, card_uuid: links.url(base_url, analysis_id, card_uuid)
+    return lambda analysis_id, card_uuid, prior_analysis_id=None: links.url(base_url, analysis_id, card_uuid,
+                                                                            prior_analysis_id)
 
 
 def remember_card(card: Mapping[str, Any], *, analysis_id: str, kind: str, verified: bool, service_id: str,
@@ -241,7 +252,8 @@ def _page(analysis_id: str, token: str, body: Mapping[str, Any], *, status: int 
         part["text"] = cards.strip_controls(part["text"])
     context = review.store.link(card_uuid)
     html = render_template(
-        "review.html", analysis_id=analysis_id, token=token, study=body.get("study") or {},
+        "review.html", prior=_prior_panel(analysis_id, token, body), analysis_id=analysis_id, token=token,
+        study=body.get("study") or {},
         model=body.get("model") or {}, created=body.get("created"), segments=segments,
         rows=_rows(body, review.store.verdicts(analysis_id), anchors),
         report_text=cards.strip_controls(report_text if report_text is not None else text),
@@ -253,6 +265,35 @@ def _page(analysis_id: str, token: str, body: Mapping[str, Any], *, status: int 
         reasons=REASONS, decision=review.store.decision(analysis_id), message=message, errors=errors or [],
         write_back=_write_back_note(settings, context), ttl_h=review.links.ttl_s / 3600)
     return Response(html, status=status, mimetype="text/html", headers=_SECURITY_HEADERS)
+
+
+def _prior_panel(analysis_id: str, token: str, body: Mapping[str, Any]) -> dict | None:
+    """The compared prior study for the page (its draft named in the signed link): image and changes."""
+    from datetime import date
+
+    from prompts import Findings, compare_findings
+
+    review: Review = current_app.extensions["cxr_cds_review"]
+    prior_id = review.links.prior(analysis_id, token)
+    if prior_id is None:
+        return None
+    prior = current_app.extensions["cxr_cds"].runtime.store.get_by_id(prior_id)
+    if prior is None:
+        return {"missing": True}
+    study = prior.get("study") or {}
+    when = study.get("study_date")
+    comparison = compare_findings(Findings.from_json(body.get("findings") or {}),
+                                  Findings.from_json(prior.get("findings") or {}),
+                                  prior_date=date.fromisoformat(when) if when else None)
+    changes = [{"name": item.name, "label": cards._label(item.name).capitalize(), "change": item.change,
+                "change_text": cards._CHANGE_WORDS[item.change], "reason": item.reason,
+                "now": cards.short_phrase(item.current_evidence) if item.current_evidence else None,
+                "before": cards.short_phrase(item.prior_evidence) if item.prior_evidence else None}
+               for item in comparison.ordered()
+               if not (item.change == "unchanged" and item.current.presence != "present")]
+    return {"missing": False, "study": study, "analysis_id": prior_id, "changes": changes,
+            "has_image": review.store.rendition(prior_id) is not None,
+            "image_url": url_for("review.prior_image", analysis_id=analysis_id, token=token)}
 
 
 def _write_back_note(settings: Settings, context: LinkContext | None) -> str:
@@ -307,6 +348,21 @@ def image(analysis_id: str):
     except LinkRefused as e:
         return _refused(e)
     stored = review.store.rendition(analysis_id)
+    if stored is None:
+        return _missing(analysis_id)
+    data, media_type = stored
+    return Response(data, mimetype=media_type, headers=_SECURITY_HEADERS)
+
+
+@bp.get("/review/<analysis_id>/prior.png")
+def prior_image(analysis_id: str):
+    """The rendition of the compared prior study's draft that the signed link names; 404 when none."""
+    review: Review = current_app.extensions["cxr_cds_review"]
+    try:
+        prior_id = review.links.prior(analysis_id, request.args.get("token"))
+    except LinkRefused as e:
+        return _refused(e)
+    stored = review.store.rendition(prior_id) if prior_id else None
     if stored is None:
         return _missing(analysis_id)
     data, media_type = stored

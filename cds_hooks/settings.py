@@ -99,6 +99,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()             # browser origins that may call (none: no CORS headers)
     max_request_bytes: int = 16 * 1024 * 1024
     plan_ttl_s: float = 60.0                       # how long a found study/instance choice is reused
+    prior_max_days: int = 365                      # the prior compared with: at most this many days earlier
     poll_interval_s: float = 0.0                   # QIDO-RS polling for new CR/DX studies; 0 = off
     source_label: str = "CXR-LLAVA AI draft (cxr-cds)"
     source_url: str | None = None
@@ -319,6 +320,8 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "cors_origins": (_origins, "a comma-separated list of browser origins, e.g. https://sandbox.cds-hooks.org"),
     "max_request_bytes": (_positive_int, "a size in bytes, e.g. 16777216"),
     "plan_ttl_s": (_nonneg_float, "seconds a found study and its frontal-instance choice are reused; 0 = never"),
+    "prior_max_days": (_positive_int, "days before a study within which an earlier chest radiograph is compared "
+                                      "with it, e.g. 365"),
     "poll_interval_s": (_nonneg_float, "seconds between QIDO-RS polls; 0 turns polling off"),
     "source_label": (_str, "a short label for the card source"),
     "source_url": (_url, "an absolute URL about the service"),

@@ -59,6 +59,29 @@ AI_KIND_VLM = coding(AI_DEVICE_TYPE, "Vision-Language-Models", "Vision-Language 
 YES_PROBABILITY = coding(PROJECT_CODES, "yes-probability",
                          "Model probability of 'Yes' to the finding's yes/no question")
 
+# --- Change since the prior study (a comparison of two AI drafts, prompts.compare) -------------------
+# No published code system names "new / resolved / unchanged since the prior study" for a finding: the
+# categories are this project's own CodeSystem (PROJECT_BASE), carried as an Observation.component whose
+# code is CHANGE_SINCE_PRIOR. Worse and better are also stated with the standard v3
+# ObservationInterpretation change codes W and B (HL7 THO, ValueSet v3-ObservationInterpretationChange:
+# "interpretations of change of quantity and/or severity") in Observation.interpretation.
+V3_OBSERVATION_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+CHANGE_CODES = f"{PROJECT_BASE}/CodeSystem/cxr-ai-change"
+CHANGE_SINCE_PRIOR = coding(PROJECT_CODES, "change-since-prior",
+                            "Change since the prior study, from comparing two AI drafts")
+CHANGE = {
+    "new": coding(CHANGE_CODES, "new", "New since the prior study"),
+    "resolved": coding(CHANGE_CODES, "resolved", "Resolved since the prior study"),
+    "worse": coding(CHANGE_CODES, "worse", "Worse than on the prior study"),
+    "better": coding(CHANGE_CODES, "better", "Better than on the prior study"),
+    "unchanged": coding(CHANGE_CODES, "unchanged", "Unchanged since the prior study"),
+    "not_comparable": coding(CHANGE_CODES, "not-comparable", "Not comparable with the prior study"),
+}
+CHANGE_INTERPRETATION = {
+    "worse": coding(V3_OBSERVATION_INTERPRETATION, "W", "Worse"),
+    "better": coding(V3_OBSERVATION_INTERPRETATION, "B", "Better"),
+}
+
 # --- Procedure codes (DiagnosticReport.code when the order has none) ------------------------------
 XR_CHEST_2_VIEWS = coding(LOINC, "36643-5", "XR Chest 2 Views")
 XR_CHEST_SINGLE_VIEW = coding(LOINC, "36554-4", "XR Chest Single view")

@@ -37,6 +37,7 @@ is a component: the model's P("Yes") to that finding's yes/no question, a probab
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import re
 import uuid
@@ -44,6 +45,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from typing import Any, Mapping
 
+from prompts.compare import Comparison
 from prompts.findings import FINDING_NAMES, Finding, Findings
 
 from fhir_mapping import codes
@@ -339,6 +341,87 @@ def for_patient(report: Mapping[str, Any], *, patient_reference: str,
                         for r in report.get("contained") or ()]
     if not out["contained"]:
         del out["contained"]
+    return out
+
+
+COMPARISON_PREFIX = "Comparison"
+_CHANGE_WORDS = {"new": "new", "resolved": "resolved", "worse": "worse", "better": "better",
+                 "unchanged": "unchanged", "not_comparable": "not comparable"}
+
+
+def comparison_text(comparison: Comparison) -> str:
+    """The change of each finding in one sentence (new and worse first); absent-in-both findings left out."""
+    parts = []
+    for item in comparison.ordered():
+        if item.change == "unchanged" and item.current.presence != "present":
+            continue
+        code = codes.FINDING_CODES.get(item.name)
+        if code is None:
+            continue
+        if item.change in ("worse", "better", "not_comparable"):
+            phrase = f"{code.text} ({item.reason})"          # the reason states severity and side
+        else:
+            phrase = _finding_phrase(item.prior if item.change == "resolved" else item.current, code)
+        parts.append(f"{_CHANGE_WORDS[item.change]}: {phrase}")
+    return "; ".join(parts) if parts else "no change in the findings the two drafts name"
+
+
+def with_comparison(report: Mapping[str, Any], comparison: Comparison | None, *,
+                    prior_study_instance_uid: str | None = None, prior_date: date | None = None,
+                    note: str | None = None) -> dict:
+    """A copy of a DiagnosticReport draft that records the comparison with the prior study's AI draft.
+
+    With a ``comparison``: the prior study is referenced in ``imagingStudy`` (its StudyInstanceUID as
+    an identifier, like the current one), the conclusion and narrative get a ``Comparison ...`` line
+    saying it compares two AI drafts, not the images, and each contained finding Observation gets a
+    component ``codes.CHANGE_SINCE_PRIOR`` valued with ``codes.CHANGE[...]`` (plus the standard
+    interpretation W/B for worse/better) and a note quoting the prior report's evidence. Without one,
+    only the ``Comparison: <note>`` line is added (no prior, prior unreadable, still pending). The
+    input is not modified; the result is validated.
+
+    Raises
+    ------
+    FhirMappingError
+        A bad prior StudyInstanceUID, or a result that does not validate.
+    """
+    from fhir_mapping.r4 import validate_r4
+
+    out = copy.deepcopy(dict(report))
+    when = f" of {prior_date.isoformat()}" if prior_date else ""
+    if comparison is not None:
+        uid = prior_study_instance_uid
+        if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
+            raise _bad(f"prior_study_instance_uid {uid!r} is not a DICOM UID")
+        reference = _imaging_study_reference(uid)
+        reference["display"] = f"Prior study {uid}{when} (compared)"
+        out["imagingStudy"] = [*out.get("imagingStudy", []), reference]
+        line = (f"{COMPARISON_PREFIX} with the prior study{when} (two AI drafts compared, not the images): "
+                f"{comparison_text(comparison)}.")
+        observations = {r.get("id"): r for r in out.get("contained", ()) if r.get("resourceType") == "Observation"}
+        for item in comparison:
+            obs = observations.get("obs-" + item.name.replace("_", "-"))
+            if obs is None:
+                continue
+            change = codes.CHANGE[item.change]
+            obs.setdefault("component", []).append({
+                "code": _concept(codes.CHANGE_SINCE_PRIOR, "Change since the prior study (AI drafts compared)"),
+                "valueCodeableConcept": _concept(change, fhir_string(f"{_CHANGE_WORDS[item.change]} (prior{when})"
+                                                                     f": {item.reason}"))})
+            if item.change in codes.CHANGE_INTERPRETATION:
+                obs["interpretation"] = [_concept(codes.CHANGE_INTERPRETATION[item.change])]
+            if item.prior_evidence:
+                obs.setdefault("note", []).append(
+                    {"text": fhir_string(f"Evidence in the prior study's AI report{when}: "
+                                         f"\"{_capped(item.prior_evidence)}\"")})
+    else:
+        line = f"{COMPARISON_PREFIX}: {fhir_string(note or 'none')}"
+    lines = str(out.get("conclusion") or DISCLAIMER).splitlines()
+    # before the closing "Read from one image ... by <model>." line, so the model line stays last
+    at = len(lines) - 1 if len(lines) > 1 and lines[-1].startswith("Read from") else len(lines)
+    lines.insert(at, line)
+    out["conclusion"] = "\n".join(lines)
+    out["text"] = _narrative(out["conclusion"])
+    validate_r4(out)
     return out
 
 

@@ -9,6 +9,7 @@ from .fingerprint import instance_fingerprint
 from .folder import FolderSource
 from .isolation import DEFAULT_DECODE_LIMITS, DecodeLimits
 from .locate import locate_studies
+from .prior import Prior, PriorUnknown, find_prior
 from .radiograph import fetch_radiograph, find_radiograph, read_radiograph
 from .render import MAX_PIXELS, to_display_8bit
 from .select import select_frontal
@@ -17,7 +18,8 @@ from .values import RadiographImage, Selection, StudyMatch
 
 __all__ = [
     "ImageSource", "DicomWebSource", "FolderSource", "RadiographImage", "StudyMatch", "Selection",
-    "locate_studies", "select_frontal", "fetch_radiograph", "find_radiograph", "read_radiograph",
+    "locate_studies", "select_frontal", "find_prior", "Prior", "PriorUnknown",
+    "fetch_radiograph", "find_radiograph", "read_radiograph",
     "to_display_8bit", "MAX_PIXELS", "MAX_BYTES", "DecodeLimits", "DEFAULT_DECODE_LIMITS", "instance_fingerprint",
     "ImagingError", "StudyNotFound", "NoFrontalRadiograph", "UnsupportedImage", "UndecodableImage",
     "ImagingUnavailable",
