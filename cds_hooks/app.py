@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     flask.Flask
         ``app.extensions["cxr_cds"]`` is the :class:`State`; call its ``close()`` when done.
     """
-    from cds_hooks import health, hooks, metrics as metrics_module, review, studies
+    from cds_hooks import health, hooks, metrics_view, review, studies
 
     settings = settings or load_settings()
     if runtime is None:
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.extensions["cxr_cds"] = State(settings, runtime, analyzer, metrics, verifier, runner)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(studies.bp)
-    app.register_blueprint(metrics_module.bp)
+    app.register_blueprint(metrics_view.bp)
     app.register_blueprint(health.bp)
     review.init_app(app, settings, runtime.store)     # the review page (signed links) and its store
 

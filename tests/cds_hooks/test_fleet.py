@@ -126,6 +126,9 @@ def test_metrics_add_up_across_the_api_processes_of_an_instance(fleet):
     assert _hook_count(api) - before == 20
     waiting = requests.get(f"{api.url}/metrics", timeout=10).text
     assert 'cxr_cds_jobs_waiting{priority="hook"}' in waiting
+    # the workers' own metrics: the model's latency and the analyses each one stored
+    worker = requests.get(f"http://127.0.0.1:{fleet['w1'].metrics_port}/metrics", timeout=10).text
+    assert "cxr_cds_model_latency_seconds_count" in worker and "cxr_cds_analyses_in_flight" in worker
 
 
 def test_a_worker_killed_mid_analysis_loses_its_lease_and_another_finishes(fleet, fleet_env, tmp_path):

@@ -92,7 +92,9 @@ class Worker(Proc):
     """`cxr-cds worker`."""
 
     def __init__(self, name: str, settings_env: dict[str, str], work: Path, *, concurrency: int = 2):
-        super().__init__(name, ["worker", "--concurrency", str(concurrency), "--grace", "20"], settings_env, work)
+        self.metrics_port = free_port()
+        super().__init__(name, ["worker", "--concurrency", str(concurrency), "--grace", "20",
+                                "--metrics-port", str(self.metrics_port)], settings_env, work)
 
 
 def hanging_server() -> tuple[socket.socket, str]:
