@@ -29,7 +29,8 @@ def _application(host: str, port: int, workers: int, threads: int, timeout_s: in
             # preload off: the model, the store's connections and the job runner are made after the fork
             config = {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gthread",
                       "threads": threads, "timeout": timeout_s, "graceful_timeout": 30,
-                      "preload_app": False, "accesslog": None, "child_exit": _child_exit}
+                      "preload_app": False, "accesslog": None, "child_exit": _child_exit,
+                      "worker_exit": _worker_exit}
             if control_socket:
                 config["control_socket"] = control_socket
             else:
@@ -42,6 +43,14 @@ def _application(host: str, port: int, workers: int, threads: int, timeout_s: in
             return create_app(settings)
 
     return CdsApplication()
+
+
+def _worker_exit(server, worker) -> None:
+    """A gunicorn worker stops (SIGTERM, rolling restart): its running jobs finish or go back to the queue."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("cxr_cds") if app is not None else None
+    if state is not None:
+        state.close()
 
 
 def _child_exit(server, worker) -> None:
