@@ -124,8 +124,13 @@ def _load(url: str, body: dict, clients: int, total: int, tokens) -> dict:
             "req_per_s": round(total / wall, 1)}
 
 
+METRICS_TOKEN = "bench-metrics-" + "m" * 32     # /metrics needs its bearer secret when JWT auth is on
+
+
 def _metric(url: str, name: str) -> float:
-    for line in requests.get(f"{url}/metrics", timeout=5).text.splitlines():
+    r = requests.get(f"{url}/metrics", timeout=5, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    r.raise_for_status()
+    for line in r.text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -153,7 +158,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_CDS_")}
         env.update(CXR_CDS_AUTH=args.auth, CXR_CDS_DICOMWEB_URL=orthanc.dicomweb_url, CXR_CDS_MODEL=str(model_dir),
                    CXR_CDS_DEVICE="cpu", CXR_CDS_DB=str(tmp / "cds.sqlite3"), CXR_CDS_DEADLINE_S="60",
-                   CXR_CDS_MAX_NEW_TOKENS="32", CXR_CDS_PUBLIC_URL=base)
+                   CXR_CDS_MAX_NEW_TOKENS="32", CXR_CDS_PUBLIC_URL=base, CXR_CDS_METRICS_TOKEN=METRICS_TOKEN)
         if args.auth == "jwt":
             env["CXR_CDS_TRUSTED_ISSUERS"] = json.dumps({ISSUER: {"jwks_url": tokens.jwks_url}})
         log = open(tmp / "serve.log", "wb")
