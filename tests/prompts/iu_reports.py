@@ -13,7 +13,7 @@ Source
     copy of the wheel or of ``NLMCXR_reports.tgz`` to skip the download.
 
 Text
-    FINDINGS and IMPRESSION, as ``evaluation.manifest`` reads an OpenI report ("FINDINGS: ...\\n
+    FINDINGS and IMPRESSION, as ``evaluation.layouts.openi`` reads an OpenI report ("FINDINGS: ...\\n
     IMPRESSION: ..."); reports with neither (28) are left out.
 
 Labels (MeSH major heading -> finding; a term's qualifiers after "/" are ignored)
