@@ -22,7 +22,6 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from datetime import date
 from pathlib import Path
 
@@ -60,25 +59,23 @@ def _jobs_per_s(api: Api, uids: list[str]) -> float:
     return round(len(uids) / (time.perf_counter() - t0), 2)
 
 
+class _ForPublicUrl:
+    """Tokens whose ``aud`` is the public URL the service checks, whatever loopback port the load goes to."""
+
+    def __init__(self, tokens: Tokens, audience: str):
+        self.tokens, self.audience = tokens, audience
+
+    def headers(self, url: str, n: int) -> list[dict]:
+        return self.tokens.headers(self.audience, n)
+
+
 def _stored_latency(api: Api, tokens: Tokens, n: int) -> list[dict]:
-    sign = f"{api.public}/cds-services/cxr-ai-order-sign"
+    url = f"{api.url}/cds-services/cxr-ai-order-sign"
+    signed = _ForPublicUrl(tokens, f"{api.public}/cds-services/cxr-ai-order-sign")
     body = _request("order-sign", "ACCFLEETB", "MRNFLEETB")
-    first = requests.post(f"{api.url}/cds-services/cxr-ai-order-sign", json=body,
-                          headers=tokens.headers(sign, 1)[0], timeout=300)
+    first = requests.post(url, json=body, headers=signed.headers(url, 1)[0], timeout=300)
     assert first.json()["cards"], first.text[:300]
-    # the load goes to the real port; the token's aud is the public URL the service checks
-    out = []
-    for clients in (1, 8, 32):
-        headers = iter(tokens.headers(sign, n))
-        out.append(_load_with(api, body, clients, n, headers))
-    return out
-
-
-def _load_with(api: Api, body: dict, clients: int, total: int, headers) -> dict:
-    class Pre:                        # _load takes a token source; these are minted for the public URL
-        def headers(self, url, k):
-            return [next(headers) for _ in range(k)]
-    return _load(f"{api.url}/cds-services/cxr-ai-order-sign", body, clients, total, Pre())
+    return [_load(url, body, clients, n, signed) for clients in (1, 8, 32)]
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:                     # the worker process imports this module w
 log = logging.getLogger(__name__)
 
 __all__ = ["Analyzer", "Obtained", "PriorLookup", "AnalysisFailed", "Poller", "plan_to_json", "plan_from_json",
-           "accession_tag", "HOOK", "PRECOMPUTE", "BACKFILL"]
+           "accession_lookup_tag", "HOOK", "PRECOMPUTE", "BACKFILL"]
 
 
 class AnalysisFailed(Exception):
@@ -73,8 +73,9 @@ class PriorLookup:
     max_days: int = 365
 
 
-def accession_tag(accession_number: str | None) -> str | None:
-    """What the store keeps of an accession number to find drafts without the PACS (a hash, not the value)."""
+def accession_lookup_tag(accession_number: str | None) -> str | None:
+    """What the store keeps of an accession number to find drafts without the PACS: a stable hash, the
+    same in every process (unlike ``redact.accession_tag``, the per-deployment keyed hash for log lines)."""
     if not accession_number or not accession_number.strip():
         return None
     return hashlib.sha256(b"cxr-cds/accession|" + accession_number.strip().encode()).hexdigest()[:32]
@@ -244,7 +245,7 @@ class Analyzer:
         """The newest stored analysis of a study by this model and prompt, found without the PACS."""
         body = self.store.latest_for_study(model_key=self.model_key, prompt_key=self.settings.template,
                                            study_instance_uid=study_instance_uid,
-                                           accession_tag=accession_tag(accession_number))
+                                           accession_tag=accession_lookup_tag(accession_number))
         return Analysis.from_json(body) if body else None
 
     def obtain(self, plan: Plan, context: ClinicalContext, *, priority: int = HOOK,
@@ -263,7 +264,7 @@ class Analyzer:
         self.metrics.lookup(hit=False)
         key = self.key(plan, context)
         payload = {**plan_to_json(plan), "context": context.to_json(), "model_key": self.model_key,
-                   "prompt_key": self.settings.template, "accession_tag": accession_tag(accession_number)}
+                   "prompt_key": self.settings.template, "accession_tag": accession_lookup_tag(accession_number)}
         job = self.store.enqueue(
             key, study_instance_uid=plan.study.study_instance_uid,
             sop_instance_uid=plan.selection.sop_instance_uid, payload=payload, priority=priority,

@@ -347,7 +347,12 @@ def image(analysis_id: str):
         review.links.check(analysis_id, request.args.get("token"))
     except LinkRefused as e:
         return _refused(e)
-    stored = review.store.rendition(analysis_id)
+    return _rendition(review, analysis_id, analysis_id)
+
+
+def _rendition(review: Review, analysis_id: str, rendition_of: str | None) -> Response:
+    """The stored rendition of ``rendition_of`` (this draft's image or its prior's); 404 when none."""
+    stored = review.store.rendition(rendition_of) if rendition_of else None
     if stored is None:
         return _missing(analysis_id)
     data, media_type = stored
@@ -362,11 +367,7 @@ def prior_image(analysis_id: str):
         prior_id = review.links.prior(analysis_id, request.args.get("token"))
     except LinkRefused as e:
         return _refused(e)
-    stored = review.store.rendition(prior_id) if prior_id else None
-    if stored is None:
-        return _missing(analysis_id)
-    data, media_type = stored
-    return Response(data, mimetype=media_type, headers=_SECURITY_HEADERS)
+    return _rendition(review, analysis_id, prior_id)
 
 
 @bp.post("/review/<analysis_id>")

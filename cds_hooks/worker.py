@@ -28,26 +28,24 @@ from prompts import ClinicalContext
 
 log = logging.getLogger(__name__)
 
-# errors that a retry cannot fix: the job fails at once with the error's (identifier-free) message
-_PERMANENT_IMAGING = ("StudyNotFound", "NoFrontalRadiograph", "UnsupportedImage", "UndecodableImage")
-_PERMANENT_MODEL = ("InvalidRequest", "ModelLoadError")
-
-
 def reason_of(error: BaseException) -> tuple[str, bool]:
-    """``(reason, permanent)`` for a failed attempt, as ``kind:code: message`` (``jobs.Failure`` reads it).
+    """``(reason, permanent)`` for a failed attempt, as ``kind:code: message`` (``jobs.AnalysisFailed`` reads it).
 
-    Our own typed errors (imaging, model) are written never to carry patient identifiers; anything else
-    may (a library's message can quote a header value), so only its type is kept.
+    Permanent: a retry cannot fix it (no such study, no frontal image, an unsupported or undecodable
+    instance, a bad request to the model); the job then fails at once with its reason. Our own typed
+    errors (imaging, model) are written never to carry patient identifiers; anything else may (a
+    library's message can quote a header value), so only its type is kept.
     """
-    from imaging import ImagingError
-    from model_runtime import ModelRuntimeError
+    from imaging import ImagingError, NoFrontalRadiograph, StudyNotFound, UndecodableImage, UnsupportedImage
+    from model_runtime import InvalidRequest, ModelLoadError, ModelRuntimeError
 
     name = type(error).__name__
     if isinstance(error, ImagingError):
-        return f"imaging:{getattr(error, 'code', name)}: {error}", name in _PERMANENT_IMAGING
+        permanent = isinstance(error, (StudyNotFound, NoFrontalRadiograph, UnsupportedImage, UndecodableImage))
+        return f"imaging:{getattr(error, 'code', name)}: {error}", permanent
     if isinstance(error, ModelRuntimeError):
         # a backend says whether the same request may succeed later (vLLM down or 5xx: yes; a 4xx: no)
-        permanent = name in _PERMANENT_MODEL or getattr(error, "retryable", None) is False
+        permanent = isinstance(error, (InvalidRequest, ModelLoadError)) or getattr(error, "retryable", None) is False
         return f"model:{getattr(error, 'code', name)}: {error}", permanent
     return f"other:{name}: (message not logged)", False
 
@@ -194,15 +192,7 @@ class JobRunner:
                                     known_undecodable=self._known_undecodable)
         except Exception as e:
             reason, permanent = reason_of(e)
-            fingerprint = getattr(e, "fingerprint", None)
-            if type(e).__name__ == "UndecodableImage" and fingerprint and not str(e).startswith("recorded earlier for this instance"):
-                # recorded against this instance version: the next attempt answers from the record
-                # without decoding again, until the stored instance changes
-                try:
-                    self.store.mark_undecodable(sop, fingerprint,
-                                               json.dumps({"code": e.code, "message": str(e)[:300]}))
-                except StoreUnavailable:
-                    pass
+            self._record_undecodable(sop, e)
             log.warning("analysis of study %s failed (attempt %d of %d): %s", plan.study.study_instance_uid,
                         job.attempts, job.max_attempts, reason.split(":", 1)[1])
             return self._failed(job, reason, permanent=permanent)
@@ -281,6 +271,22 @@ class JobRunner:
         if self.metrics is not None:
             self.metrics.analyses.labels("error" if status == "failed" else "retry").inc()
         return status
+
+    def _record_undecodable(self, sop_instance_uid: str, error: Exception) -> None:
+        """Record an undecodable instance version, so that later attempts answer from the record without
+        decoding again until the stored instance changes (already recorded: nothing to do)."""
+        from imaging import UndecodableImage
+
+        fingerprint = getattr(error, "fingerprint", None)
+        if not isinstance(error, UndecodableImage) or not fingerprint:
+            return
+        try:
+            recorded = self.store.undecodable(sop_instance_uid)
+            if recorded is None or recorded[0] != fingerprint:
+                self.store.mark_undecodable(sop_instance_uid, fingerprint,
+                                            json.dumps({"code": error.code, "message": str(error)[:300]}))
+        except StoreUnavailable:
+            pass
 
     def _known_undecodable(self, sop_instance_uid: str) -> Any:
         """The failure recorded for an instance (``imaging`` compares its fingerprint with the one fetched)."""

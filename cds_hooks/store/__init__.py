@@ -242,7 +242,9 @@ class Store:
         with self.backend.connection(write_lock=True) as db:
             sql = self.dialect.sql
             lock = " FOR UPDATE" if self.kind == "postgresql" else ""
-            row = db.execute(sql(f"SELECT status, priority, updated FROM jobs WHERE key = ?{lock}"), (key,)).fetchone()
+            # the database's clock decides whether a failure is old enough to retry (every process agrees)
+            row = db.execute(sql(f"SELECT status, priority, updated <= {{now}} - ? FROM jobs WHERE key = ?{lock}"),
+                             (float(retry_failed_after_s), key)).fetchone()
             if row is None:
                 if max_queued is not None:
                     waiting = db.execute(sql("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND priority >= ?"),
@@ -255,8 +257,8 @@ class Store:
                     "{now}, {now}, ?) ON CONFLICT (key) DO NOTHING"),
                     (key, study_instance_uid, sop_instance_uid, priority, json.dumps(payload), max_attempts, kind))
             else:
-                status, current, updated = row
-                if status == "failed" and time.time() - float(updated) >= retry_failed_after_s:
+                status, current, cooled_down = row
+                if status == "failed" and cooled_down:
                     db.execute(sql("UPDATE jobs SET status = 'queued', attempts = 0, error = NULL, priority = ?, "
                                    "available_at = {now}, updated = {now}, payload = ? WHERE key = ?"),
                                (priority, json.dumps(payload), key))

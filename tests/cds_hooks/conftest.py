@@ -174,7 +174,8 @@ class CountingGenerate:
 
 @pytest.fixture
 def make_app(tmp_path, engine, study_folder):
-    """``make_app(source=None, generate=None, **settings)`` -> (app, runtime); closed after the test."""
+    """``make_app(source=None, generate=None, db=None, store_timeout_s=10, **settings)`` -> app; closed after
+    the test. ``store_timeout_s``: how long the store waits for a lock (short for outage tests)."""
     from cds_hooks.app import create_app
     from cds_hooks.runtime import Runtime, identity_dict
     from cds_hooks.settings import load_settings
@@ -183,14 +184,15 @@ def make_app(tmp_path, engine, study_folder):
 
     made = []
 
-    def make(*, source=None, generate=None, db=None, **overrides):
+    def make(*, source=None, generate=None, db=None, store_timeout_s=10.0, **overrides):
         values = {"auth": "none", "db": db or tmp_path / f"cds-{len(made)}.sqlite3", "max_new_tokens": 12,
                   "public_url": "https://cds.example.org"}
         values.update(overrides)
         settings = load_settings(environ={}, **values)
         gen = generate or CountingGenerate(engine)
         runtime = Runtime(source=source or FolderSource(study_folder), generate=gen,
-                          model_identity=identity_dict(engine.identity), store=Store(settings.db))
+                          model_identity=identity_dict(engine.identity),
+                          store=Store(settings.db, timeout_s=store_timeout_s))
         app = create_app(settings, runtime=runtime)
         app.generate = gen
         made.append(app)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 
 from tests.cds_hooks.checks import check_response
 from tests.cds_hooks.conftest import CountingGenerate, cxr_order, hook_request, mint, patient

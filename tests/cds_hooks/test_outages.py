@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.cds_hooks.checks import check_response
-from tests.cds_hooks.conftest import CountingGenerate, cxr_order, hook_request, mint, patient
+from tests.cds_hooks.conftest import cxr_order, hook_request, mint, patient
 
 ISS = "https://ehr.example.org"
 BASE = "https://cds.example.org"
@@ -31,30 +31,12 @@ def _sign():
 
 
 @pytest.fixture
-def own_app(tmp_path, engine, study_folder):
+def own_app(make_app, tmp_path):
     """An app on a store that gives up on a lock after 0.3 s (production waits 10 s)."""
-    from cds_hooks.app import create_app
-    from cds_hooks.runtime import Runtime, identity_dict
-    from cds_hooks.settings import load_settings
-    from cds_hooks.store import Store
-    from imaging import FolderSource
-
-    made = []
-
     def make(source=None, **overrides):
-        values = {"auth": "none", "db": tmp_path / "outage.sqlite3", "max_new_tokens": 8, "public_url": BASE,
-                  "deadline_s": 30}
-        values.update(overrides)
-        settings = load_settings(environ={}, **values)
-        runtime = Runtime(source=source or FolderSource(study_folder), generate=CountingGenerate(engine),
-                          model_identity=identity_dict(engine.identity), store=Store(settings.db, timeout_s=0.3))
-        app = create_app(settings, runtime=runtime)
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.extensions["cxr_cds"].close()
+        values = {"db": tmp_path / "outage.sqlite3", "max_new_tokens": 8, "public_url": BASE, "deadline_s": 30}
+        return make_app(source=source, store_timeout_s=0.3, **{**values, **overrides})
+    return make
 
 
 def test_a_replay_store_that_cannot_be_written_answers_503_then_recovers(own_app, keys, tmp_path):
